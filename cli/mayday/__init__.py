@@ -1,0 +1,3 @@
+"""mayday: emergency response and rollback as code."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,151 @@
+"""The mayday command: validate input, start a playbook, show progress, print a summary, exit."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+from rich.console import Console
+
+from mayday import inventory as inv
+from mayday import lab as lab_mod
+from mayday.errors import BadInput, MaydayError
+from mayday.history import load_runs
+from mayday.runner import Progress, RunResult, run_playbook
+
+err = Console(stderr=True, highlight=False)
+
+
+def target_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Options every scenario takes."""
+
+    @click.option("-i", "--inventory", "inventory_name", default=None,
+                  help="Inventory path or name under inventories/ (default: the lab).")
+    @click.option("--limit", default=None, help="Only these hosts or groups (ansible --limit).")
+    @click.option("--check", is_flag=True, help="Dry run: change nothing, report what would change.")
+    @click.option("--yes", is_flag=True, help="Confirm a run against a production inventory.")
+    @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+def show_progress(progress: Progress) -> None:
+    total = len(progress.phases) or "?"
+    err.print(f"[{progress.step}/{total}] {progress.phase:<11} {progress.task}  "
+              f"[dim]{progress.elapsed:5.1f}s[/dim]")
+
+
+def confirm_production(target: inv.Inventory, yes: bool, check: bool) -> bool:
+    if not target.is_production or check:
+        return target.is_production
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        raise BadInput(f"{target.path} is a production inventory: add --yes to confirm")
+    if not click.confirm(f"{target.path} is PRODUCTION. Run against it?", default=False, err=True):
+        raise BadInput("not confirmed: nothing was run")
+    return True
+
+
+def run_scenario(playbook: str, extravars: dict[str, Any], inventory_name: str | None, limit: str | None,
+                 check: bool, yes: bool, as_json: bool) -> None:
+    path = inv.resolve(inventory_name)
+    target = inv.load(path)
+    target.check_limit(limit)
+    if confirm_production(target, yes, check):
+        extravars["mayday_confirmed"] = True
+    result = run_playbook(playbook, path, extravars, limit=limit, check=check,
+                          on_progress=None if as_json else show_progress)
+    summarize(result, as_json)
+    sys.exit(result.exit_code)
+
+
+def summarize(result: RunResult, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2))
+        return
+    report = result.report or {}
+    outcome = report.get("outcome") or ("OK" if result.rc == 0 else "ERROR")
+    colour = {"RECOVERED": "green", "NOOP": "green", "DRY-RUN": "cyan", "REFUSED": "yellow"}.get(outcome, "red")
+    err.print(f"\n[bold {colour}]{outcome}[/] in {result.duration_s:.1f}s  (run {result.run_id})")
+    if report:
+        err.print(report.get("summary") or "")
+        downtime = report.get("downtime") or {}
+        if downtime.get("seconds") is not None:
+            err.print(f"downtime: {downtime['seconds']} s ({downtime.get('basis')})")
+        err.print(f"incident {result.incident}: {result.report_md}")
+    for failure in result.failures[:10]:
+        err.print(f"[red]- {failure}[/]")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mayday")
+def cli() -> None:
+    """Emergency response and rollback as code."""
+
+
+@cli.command()
+@target_options
+@click.option("--release", default=None, help="Roll back to this release id (default: the previous good one).")
+def level1(inventory_name: str | None, limit: str | None, check: bool, yes: bool, as_json: bool,
+           release: str | None) -> None:
+    """Level 1, production down: roll every web host back, restart services, verify, notify."""
+    extravars: dict[str, Any] = {}
+    if release is not None:
+        if not inv.RELEASE_ID.match(release):
+            raise BadInput(f"--release {release!r} is not a release id (letters, digits, '.', '_', '-')")
+        extravars["release"] = release
+    run_scenario("rollback-level1.yml", extravars, inventory_name, limit, check, yes, as_json)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("-n", "count", default=20, show_default=True, help="How many recent runs.")
+def history(as_json: bool, count: int) -> None:
+    """Past runs: scenario, outcome, duration, incident."""
+    runs = load_runs()[-count:]
+    if as_json:
+        click.echo(json.dumps(runs, indent=2))
+        return
+    if not runs:
+        err.print("no runs recorded yet")
+        return
+    click.echo(f"{'run':<25} {'started':<24} {'scenario':<18} {'outcome':<10} {'duration':>9}  incident")
+    for r in runs:
+        click.echo(f"{r['run_id']:<25} {r.get('started') or '':<24} {r.get('scenario') or '':<18} "
+                   f"{r.get('outcome') or r.get('status') or '':<10} {r.get('duration_s') or 0:>8}s  "
+                   f"{r.get('incident') or '-'}")
+
+
+cli.add_command(lab_mod.lab)
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        err.print("aborted")
+        sys.exit(2)
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except MaydayError as exc:
+        err.print(f"[red]mayday: {exc}[/]")
+        sys.exit(exc.exit_code)
+    except FileNotFoundError as exc:
+        err.print(f"[red]mayday: {exc}[/]")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
+
+
+

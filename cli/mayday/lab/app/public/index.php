@@ -1,0 +1,6 @@
+<?php
+// Landing page of the sample app: names the release it serves.
+$release = basename(dirname(__DIR__));
+header('Content-Type: text/html; charset=utf-8');
+echo '<!doctype html><title>mayday sample app</title><h1>mayday sample app</h1>';
+echo '<p>release ' . htmlspecialchars($release) . '</p>', "\n";

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what the controller needs from Debian and starts a Docker engine when none answers.
+# Safe to run again: every step is skipped when already satisfied.
+set -euo pipefail
+
+need_pkgs=()
+command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io)
+command -v debootstrap >/dev/null 2>&1 || need_pkgs+=(debootstrap)
+command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  echo "host-deps: installing ${need_pkgs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+
+# Debian's client, not an older one that may sit first on PATH.
+docker_cli=/usr/bin/docker
+if ! "$docker_cli" info >/dev/null 2>&1; then
+  echo "host-deps: starting dockerd"
+  mkdir -p /var/log
+  nohup dockerd >/var/log/mayday-dockerd.log 2>&1 &
+  for _ in $(seq 1 60); do
+    "$docker_cli" info >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  "$docker_cli" info >/dev/null 2>&1 || { echo "host-deps: dockerd did not start, see /var/log/mayday-dockerd.log" >&2; exit 1; }
+fi

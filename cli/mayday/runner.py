@@ -1,0 +1,161 @@
+"""Thin ansible-runner wrapper: start a playbook, stream progress, collect the outcome."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mayday.paths import project_root, state_dir
+
+# Outcome recorded in the incident report -> CLI exit code.
+EXIT_CODES = {"RECOVERED": 0, "NOOP": 0, "DRY-RUN": 0, "REFUSED": 2, "FAILED": 1}
+
+
+@dataclass
+class Progress:
+    phases: list[str]
+    started: float = field(default_factory=time.monotonic)
+    phase: str = ""
+    task: str = ""
+
+    @property
+    def step(self) -> int:
+        return self.phases.index(self.phase) + 1 if self.phase in self.phases else 0
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    rc: int
+    status: str
+    duration_s: float
+    incident: str | None
+    report: dict[str, Any] | None
+    report_md: Path | None
+    failures: list[str]
+
+    @property
+    def exit_code(self) -> int:
+        if self.report and self.report.get("outcome") in EXIT_CODES:
+            return EXIT_CODES[self.report["outcome"]]
+        if self.rc == 0:
+            return 0
+        # Failed before an incident was opened: argument checks, nothing touched.
+        return 2 if self.incident is None else 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "status": self.status,
+            "rc": self.rc,
+            "exit_code": self.exit_code,
+            "duration_s": round(self.duration_s, 1),
+            "incident": self.incident,
+            "outcome": (self.report or {}).get("outcome"),
+            "downtime": (self.report or {}).get("downtime"),
+            "report_md": str(self.report_md) if self.report_md else None,
+            "failures": self.failures,
+        }
+
+
+def playbook_phases(playbook: Path) -> list[str]:
+    plays = yaml.safe_load(playbook.read_text()) or []
+    for play in plays:
+        phases = (play.get("vars") or {}).get("mayday_phases")
+        if phases:
+            return list(phases)
+    return []
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+
+
+def run_playbook(
+    playbook: str,
+    inventory: Path,
+    extravars: dict[str, Any] | None = None,
+    limit: str | None = None,
+    check: bool = False,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> RunResult:
+    import ansible_runner  # slow import: only when a run starts
+
+    root = project_root()
+    book = root / "playbooks" / playbook
+    states = state_dir()
+    runs = states / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    run_id = new_run_id()
+    progress = Progress(phases=playbook_phases(book))
+    failures: list[str] = []
+
+    def handle(event: dict[str, Any]) -> bool:
+        data = event.get("event_data") or {}
+        kind = event.get("event")
+        if kind == "playbook_on_task_start":
+            name = str(data.get("task") or "")
+            phase, _, task = name.partition(" | ")
+            progress.phase, progress.task = (phase, task) if task else (progress.phase, name)
+            if on_progress:
+                on_progress(progress)
+        elif kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
+            res = data.get("res") or {}
+            failures.append(f"{data.get('host')}: {res.get('msg', kind)}")
+        return True
+
+    env = {
+        "ANSIBLE_CONFIG": str(root / "ansible.cfg"),
+        # ansible-runner appends its own callback dir to this variable, which replaces ansible.cfg's.
+        "ANSIBLE_CALLBACK_PLUGINS": str(root / "plugins" / "callback"),
+        "MAYDAY_STATE_DIR": str(states),
+        "MAYDAY_RUN_ID": run_id,
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
+    cmdline = ["--check"] if check else []
+    private = Path(tempfile.mkdtemp(prefix="mayday-run-"))
+    started = time.monotonic()
+    try:
+        result = ansible_runner.run(
+            private_data_dir=str(private),
+            project_dir=str(root),
+            playbook=str(book),
+            inventory=str(inventory.resolve()),
+            extravars=extravars or {},
+            limit=limit,
+            cmdline=" ".join(cmdline) or None,
+            envvars=env,
+            artifact_dir=str(runs),
+            ident=run_id,
+            quiet=True,
+            event_handler=handle,
+            rotate_artifacts=0,
+        )
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+    duration = time.monotonic() - started
+    record_path = runs / run_id / "mayday-run.json"
+    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    incident = record.get("incident")
+    report = report_md = None
+    if incident:
+        incident_dir = states / "incidents" / incident
+        if (incident_dir / "report.json").exists():
+            report = json.loads((incident_dir / "report.json").read_text())
+            report_md = incident_dir / "report.md"
+    return RunResult(run_id, int(result.rc), str(result.status), duration, incident, report, report_md, failures)

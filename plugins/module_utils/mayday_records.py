@@ -1,0 +1,240 @@
+# Controller-side records: the state directory, incident timelines and reports, run records, locks.
+# Used by the mayday action and callback plugins (never shipped to hosts) and read by the CLI.
+from __future__ import annotations
+
+import calendar
+import hashlib
+import json
+import os
+import socket
+import time
+from typing import Any
+
+OUTCOMES = ("RECOVERED", "NOOP", "FAILED", "REFUSED", "DRY-RUN")
+
+
+def state_dir() -> str:
+    return os.path.abspath(os.environ.get("MAYDAY_STATE_DIR") or os.path.join(os.getcwd(), ".mayday"))
+
+
+def utc_now() -> str:
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+
+
+def parse_utc(stamp: str) -> float:
+    base, _, frac = stamp.rstrip("Z").partition(".")
+    return calendar.timegm(time.strptime(base, "%Y-%m-%dT%H:%M:%S")) + float(f"0.{frac or 0}")
+
+
+def _write_json(path: str, doc: Any) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as handle:
+        json.dump(doc, handle, indent=2, sort_keys=False, default=str)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: str) -> Any:
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def open_incident(meta: dict[str, Any]) -> tuple[str, str]:
+    """Create incidents/INC-YYYYMMDD-HHMMSS/ (suffixed when two open in one second)."""
+    base = "INC-" + time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    root = os.path.join(state_dir(), "incidents")
+    os.makedirs(root, exist_ok=True)
+    for n in range(1, 100):
+        incident_id = base if n == 1 else f"{base}-{n}"
+        path = os.path.join(root, incident_id)
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            continue
+        _write_json(os.path.join(path, "incident.json"), dict(meta, incident=incident_id, opened=utc_now()))
+        return incident_id, path
+    raise RuntimeError("could not allocate an incident id")
+
+
+def append_event(incident_dir: str, event: dict[str, Any]) -> None:
+    with open(os.path.join(incident_dir, "timeline.jsonl"), "a") as handle:
+        handle.write(json.dumps(event, default=str) + "\n")
+
+
+def read_timeline(incident_dir: str) -> list[dict[str, Any]]:
+    path = os.path.join(incident_dir, "timeline.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def measure_downtime(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """Downtime as mayday saw it: first failed health probe to the last host's first good one after it."""
+    probes = [(h["checked_at"], bool(h["ok"]), e.get("host"))
+              for e in events for h in (e.get("health") or []) if h.get("checked_at")]
+    probes.sort()
+    failed = [t for t, ok, _ in probes if not ok]
+    if not failed:
+        return {"seconds": 0.0, "detected_at": None, "recovered_at": None,
+                "basis": "no failed health probe was observed during the run"}
+    detected = failed[0]
+    recovered_by_host: dict[str, str] = {}
+    pending: set[str] = set()
+    for stamp, ok, host in probes:
+        if stamp < detected:
+            continue
+        key = host or ""
+        if not ok:
+            pending.add(key)
+            recovered_by_host.pop(key, None)
+        elif key in pending and key not in recovered_by_host:
+            recovered_by_host[key] = stamp
+    if pending - set(recovered_by_host):
+        return {"seconds": None, "detected_at": detected, "recovered_at": None,
+                "basis": "health not restored on: " + ", ".join(sorted(pending - set(recovered_by_host)))}
+    recovered = max(recovered_by_host.values())
+    return {"seconds": round(parse_utc(recovered) - parse_utc(detected), 1), "detected_at": detected,
+            "recovered_at": recovered, "basis": "first failed health probe to the last host's recovery"}
+
+
+def _steps(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    steps = []
+    for e in events:
+        steps.append({k: e.get(k) for k in ("started", "duration_s", "host", "phase", "step", "result", "detail")})
+        for sub in e.get("steps") or []:
+            steps.append({"started": sub.get("started"), "duration_s": sub.get("duration_s"), "host": e.get("host"),
+                          "phase": e.get("phase"), "step": "  " + str(sub.get("step")),
+                          "result": sub.get("result"), "detail": _short(sub.get("detail"))})
+    return steps
+
+
+def _short(detail: Any) -> str:
+    if isinstance(detail, dict):
+        if "status" in detail and "latency_ms" in detail:
+            return f"HTTP {detail['status']} in {detail['latency_ms']} ms" + (
+                "" if detail.get("ok") else " (" + "; ".join(detail.get("problems") or []) + ")")
+        return json.dumps(detail, default=str)[:200]
+    return "" if detail is None else str(detail)[:200]
+
+
+def close_incident(incident_dir: str, outcome: str, summary: str, extra: dict[str, Any]) -> dict[str, Any]:
+    meta = read_json(os.path.join(incident_dir, "incident.json"))
+    events = read_timeline(incident_dir)
+    closed = utc_now()
+    report = dict(meta)
+    report.update(
+        outcome=outcome,
+        summary=summary,
+        closed=closed,
+        duration_s=round(parse_utc(closed) - parse_utc(meta["opened"]), 1),
+        downtime=measure_downtime(events),
+        steps=_steps(events),
+        **extra,
+    )
+    report["hosts"] = sorted({e["host"] for e in events if e.get("host")} | set(meta.get("hosts") or []))
+    _write_json(os.path.join(incident_dir, "report.json"), report)
+    with open(os.path.join(incident_dir, "report.md"), "w") as handle:
+        handle.write(render_markdown(report))
+    return report
+
+
+def render_markdown(r: dict[str, Any]) -> str:
+    down = r["downtime"]
+    down_text = (f"{down['seconds']} s ({down['detected_at']} to {down['recovered_at']})"
+                 if down.get("seconds") else ("0 s" if down.get("seconds") == 0 else "not restored"))
+    lines = [
+        f"# {r['incident']}: {r.get('title') or r.get('scenario')}",
+        "",
+        "| field | value |",
+        "| --- | --- |",
+        f"| Severity | {r.get('severity')} |",
+        f"| Scenario | {r.get('scenario')} |",
+        f"| Outcome | **{r['outcome']}**{' (dry run: nothing was changed)' if r.get('dry_run') else ''} |",
+        f"| Opened | {r['opened']} |",
+        f"| Closed | {r['closed']} |",
+        f"| Duration | {r['duration_s']} s |",
+        f"| Downtime | {down_text}: {down.get('basis')} |",
+        f"| Inventory | {r.get('inventory') or '-'} |",
+        f"| Hosts | {', '.join(r.get('hosts') or []) or '-'} |",
+        f"| Operator | {r.get('operator') or '-'} |",
+        "",
+        "## Summary",
+        "",
+        r.get("summary") or "-",
+        "",
+        "## Timeline",
+        "",
+        "| started (UTC) | duration | host | phase | step | result | detail |",
+        "| --- | ---: | --- | --- | --- | --- | --- |",
+    ]
+    for s in r["steps"]:
+        detail = str(s.get("detail") or "").replace("|", "/").replace("\n", " ")
+        lines.append(f"| {s.get('started')} | {s.get('duration_s')} s | {s.get('host') or '-'} | "
+                     f"{s.get('phase') or '-'} | {s.get('step')} | {s.get('result')} | {detail} |")
+    lines += ["", "## Root cause", "", "_To be written in the postmortem._", "",
+              "## Action items", "", "- [ ] _owner, due date_", ""]
+    return "\n".join(lines)
+
+
+# Locks: one rollback at a time per inventory. A lock whose process is gone is stale.
+def lock_path(inventory_sources: list[str]) -> str:
+    key = hashlib.sha256("\n".join(sorted(os.path.abspath(s) for s in inventory_sources)).encode()).hexdigest()[:16]
+    return os.path.join(state_dir(), "locks", f"{key}.lock")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def acquire_lock(inventory_sources: list[str], owner: dict[str, Any]) -> dict[str, Any]:
+    """Returns {acquired, holder, stale_replaced}. owner needs pid and incident."""
+    path = lock_path(inventory_sources)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    record = dict(owner, host=socket.gethostname(), since=utc_now(), inventory=inventory_sources)
+    stale = None
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = read_json(path)
+            except (OSError, ValueError):
+                holder = {}
+            if holder.get("pid") == owner.get("pid") and holder.get("host") == record["host"]:
+                return {"acquired": True, "holder": holder, "stale_replaced": None}
+            if holder.get("host") == record["host"] and not _alive(int(holder.get("pid") or 0)):
+                stale = holder
+                os.unlink(path)
+                continue
+            return {"acquired": False, "holder": holder, "stale_replaced": None}
+        with os.fdopen(fd, "w") as handle:
+            json.dump(record, handle)
+        return {"acquired": True, "holder": record, "stale_replaced": stale}
+    return {"acquired": False, "holder": {}, "stale_replaced": stale}
+
+
+def release_lock(inventory_sources: list[str], pid: int) -> bool:
+    path = lock_path(inventory_sources)
+    try:
+        holder = read_json(path)
+    except (OSError, ValueError):
+        return False
+    if holder.get("pid") == pid and holder.get("host") == socket.gethostname():
+        os.unlink(path)
+        return True
+    return False
+
+
+def write_run(run_id: str, doc: dict[str, Any]) -> str:
+    path = os.path.join(state_dir(), "runs", run_id)
+    os.makedirs(path, exist_ok=True)
+    _write_json(os.path.join(path, "mayday-run.json"), doc)
+    return path
