@@ -81,7 +81,8 @@ def summarize(result: RunResult, as_json: bool) -> None:
         if downtime.get("seconds") is not None:
             err.print(f"downtime: {downtime['seconds']} s ({downtime.get('basis')})")
         err.print(f"incident {result.incident}: {result.report_md}")
-    for failure in result.failures[:10]:
+    shown = list(dict.fromkeys(f.split(": ", 1)[-1] for f in result.failures))
+    for failure in shown[:10]:
         err.print(f"[red]- {failure}[/]")
 
 

@@ -6,7 +6,10 @@ import time
 import urllib.error
 import urllib.request
 
-from ansible.module_utils.mayday_steps import utc_now
+try:
+    from ansible.module_utils.mayday_steps import utc_now
+except ImportError:  # imported on the controller by the mayday_inspect action
+    from mayday_steps import utc_now  # type: ignore[no-redef]
 
 
 def probe_once(check):
@@ -22,6 +25,11 @@ def probe_once(check):
     except Exception as exc:
         body = f"{type(exc).__name__}: {exc}"
     latency_ms = round((time.monotonic() - started) * 1000, 1)
+    return evaluate(check, status, body, latency_ms, checked_at)
+
+
+def evaluate(check, status, body, latency_ms, checked_at):
+    """Judge one answer; shared by the on-host probe and the controller-side inspection."""
     problems = []
     expected = check.get("status", 200)
     if status != expected:
@@ -32,6 +40,9 @@ def probe_once(check):
             doc = json.loads(body)
         except ValueError:
             problems.append("body is not JSON")
+        else:
+            if not isinstance(doc, dict):
+                problems.append("body is not a JSON object")
         if isinstance(doc, dict):
             for key, want in check["json"].items():
                 if str(doc.get(key)) != str(want):
@@ -39,8 +50,8 @@ def probe_once(check):
     max_latency = check.get("max_latency_ms")
     if max_latency and latency_ms > max_latency and not problems:
         problems.append(f"latency {latency_ms} ms over {max_latency} ms")
-    return {"url": check["url"], "checked_at": checked_at, "status": status, "latency_ms": latency_ms, "ok": not problems,
-            "problems": problems, "body": body[:300]}
+    return {"url": check["url"], "checked_at": checked_at, "status": status, "latency_ms": latency_ms,
+            "ok": not problems, "problems": problems, "body": body[:300]}
 
 
 def probe(check, retries=None, delay=None):

@@ -102,7 +102,10 @@ def measure_downtime(events: list[dict[str, Any]]) -> dict[str, Any]:
 def _steps(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     steps = []
     for e in events:
-        steps.append({k: e.get(k) for k in ("started", "duration_s", "host", "phase", "step", "result", "detail")})
+        step = {k: e.get(k) for k in ("started", "duration_s", "host", "phase", "step", "result", "detail")}
+        if not step["detail"] and e.get("health") and not e.get("steps"):
+            step["detail"] = "; ".join(_short(h) for h in e["health"])
+        steps.append(step)
         for sub in e.get("steps") or []:
             steps.append({"started": sub.get("started"), "duration_s": sub.get("duration_s"), "host": e.get("host"),
                           "phase": e.get("phase"), "step": "  " + str(sub.get("step")),
@@ -208,6 +211,11 @@ def acquire_lock(inventory_sources: list[str], owner: dict[str, Any]) -> dict[st
                 holder = read_json(path)
             except (OSError, ValueError):
                 holder = {}
+            if not holder and time.time() - os.path.getmtime(path) > 10:
+                # Created but never written (the owner died in between): stale.
+                stale = {"note": "empty lock file"}
+                os.unlink(path)
+                continue
             if holder.get("pid") == owner.get("pid") and holder.get("host") == record["host"]:
                 return {"acquired": True, "holder": holder, "stale_replaced": None}
             if holder.get("host") == record["host"] and not _alive(int(holder.get("pid") or 0)):

@@ -60,27 +60,7 @@ class SymlinkLayout:
         }
 
     def plan(self, target=None):
-        """Decide what a rollback does. Returns (target, already_done, reason)."""
-        st = self.state()
-        names, current, failed = st["releases"], st["current"], st["failed"]
-        if target:
-            if target not in names:
-                raise ReleaseError(f"unknown release {target!r}; valid: {', '.join(names) or 'none'}")
-            return target, target == current, "named release"
-        if current is None:
-            raise ReleaseError(f"{self.current_path} is not a symlink to a release")
-        if current not in names:
-            raise ReleaseError(f"current release {current!r} is not in {self.releases_path}")
-        newer = names[names.index(current) + 1 :]
-        if newer and all(n in failed for n in newer) and current not in failed:
-            return current, True, "rollback already done: every newer release is marked failed"
-        older = [n for n in names[: names.index(current)] if n not in failed]
-        if not older:
-            raise ReleaseError(
-                f"no earlier good release before {current!r} (releases: {', '.join(names)}; "
-                f"marked failed: {', '.join(sorted(failed)) or 'none'})"
-            )
-        return older[-1], False, "newest good release before the current one"
+        return plan_symlink(self.state(), target, self.current_path)
 
     def switch(self, target):
         link_target = os.path.join(self.releases_dir, target)
@@ -100,6 +80,50 @@ class SymlinkLayout:
         path = os.path.join(self.releases_path, release, FAILED_MARKER)
         if os.path.exists(path):
             os.unlink(path)
+
+
+def plan_symlink(state, target=None, where="current"):
+    """Decide what a rollback does from a layout state. Returns (target, already_done, reason).
+
+    Pure, so the controller can plan from a listing taken over any connection.
+    """
+    names, current, failed = state["releases"], state["current"], state["failed"]
+    if target:
+        if target not in names:
+            raise ReleaseError(f"unknown release {target!r}; valid: {', '.join(names) or 'none'}")
+        return target, target == current, "named release"
+    if current is None:
+        raise ReleaseError(f"{where} is not a symlink to a release")
+    if current not in names:
+        raise ReleaseError(f"current release {current!r} is not among the releases ({', '.join(names)})")
+    newer = names[names.index(current) + 1 :]
+    if newer and all(n in failed for n in newer) and current not in failed:
+        return current, True, "rollback already done: every newer release is marked failed"
+    older = [n for n in names[: names.index(current)] if n not in failed]
+    if not older:
+        raise ReleaseError(
+            f"no earlier good release before {current!r} (releases: {', '.join(names)}; "
+            f"marked failed: {', '.join(sorted(failed)) or 'none'})"
+        )
+    return older[-1], False, "newest good release before the current one"
+
+
+def plan_dirswap(state, target=None):
+    if target not in (None, "", "upload_previous"):
+        raise ReleaseError(f"the dirswap layout can only roll back to upload_previous, not {target!r}")
+    if "upload" not in state["releases"]:
+        raise ReleaseError("the live folder upload does not exist")
+    if "upload_previous" not in state["releases"]:
+        if state["failed"]:
+            return "upload", True, "rollback already done: upload_previous was swapped in"
+        raise ReleaseError("no earlier release: upload_previous does not exist")
+    return "upload_previous", False, "the upload_previous folder"
+
+
+def plan_for(state, target=None):
+    if state.get("layout") == "dirswap":
+        return plan_dirswap(state, target)
+    return plan_symlink(state, target)
 
 
 _RENAME_EXCHANGE = 2
@@ -134,21 +158,18 @@ class DirSwapLayout:
         }
 
     def plan(self, target=None):
-        if target not in (None, "upload_previous"):
-            raise ReleaseError(f"the dirswap layout can only roll back to upload_previous, not {target!r}")
-        if not os.path.isdir(self.live):
-            raise ReleaseError(f"{self.live} does not exist")
-        if not os.path.isdir(self.previous):
-            if self.state()["failed"]:
-                return "upload", True, "rollback already done: upload_previous was swapped in"
-            raise ReleaseError(f"no earlier release: {self.previous} does not exist")
-        return "upload_previous", False, "the upload_previous folder"
+        return plan_dirswap(self.state(), target)
 
     def switch(self, target):
         stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime())
+        name = f"upload_failed-{stamp}"
+        for n in range(2, 100):
+            if not os.path.lexists(os.path.join(self.root, name)):
+                break
+            name = f"upload_failed-{stamp}-{n}"
         _exchange(self.live, self.previous)
-        os.rename(self.previous, os.path.join(self.root, f"upload_failed-{stamp}"))
-        return f"upload_failed-{stamp}"
+        os.rename(self.previous, os.path.join(self.root, name))
+        return name
 
     def mark_failed(self, release, incident, reason):
         path = os.path.join(self.root, release, FAILED_MARKER)

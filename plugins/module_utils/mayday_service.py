@@ -21,6 +21,12 @@ def unit_exists(name):
     return out.stdout.strip() == "loaded"
 
 
+def _start_limit_hit(name):
+    out = subprocess.run(["systemctl", "show", "-p", "Result", "--value", name],
+                         capture_output=True, text=True, check=False)
+    return out.stdout.strip() == "start-limit-hit"
+
+
 def port_answers(port, host="127.0.0.1"):
     try:
         with socket.create_connection((host, int(port)), timeout=0.5):
@@ -48,10 +54,14 @@ def restart(service, timeout):
     if not unit_exists(name):
         raise ServiceError(f"unit {name} is not installed on this host")
     out = subprocess.run(["systemctl", action, name], capture_output=True, text=True, check=False)
+    if out.returncode != 0 and _start_limit_hit(name):
+        # Restarted too often in a short time: systemd refuses until the counter is reset.
+        subprocess.run(["systemctl", "reset-failed", name], capture_output=True, check=False)
+        out = subprocess.run(["systemctl", action, name], capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise ServiceError(f"systemctl {action} {name} failed: {out.stderr.strip()}")
     wait_ready(name, service.get("port"), timeout)
-    return f"{action}ed, active" + (f", port {service['port']} answers" if service.get("port") else "")
+    return f"{action.rstrip('e')}ed, active" + (f", port {service['port']} answers" if service.get("port") else "")
 
 
 def inspect(services):

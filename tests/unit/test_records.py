@@ -1,0 +1,229 @@
+"""mayday_records: incident ids, downtime measurement, reports and locks on a real state directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+
+import mayday_records as records
+import pytest
+
+
+@pytest.fixture
+def state(tmp_path, monkeypatch):
+    monkeypatch.setenv("MAYDAY_STATE_DIR", str(tmp_path))
+    return tmp_path
+
+
+def test_state_dir_follows_env(state):
+    assert records.state_dir() == str(state)
+
+
+def test_open_incident_id_and_metadata(state):
+    incident_id, path = records.open_incident({"scenario": "bad-deploy", "severity": "SEV2"})
+    assert re.fullmatch(r"INC-\d{8}-\d{6}", incident_id)
+    assert path == os.path.join(str(state), "incidents", incident_id)
+    meta = json.loads((state / "incidents" / incident_id / "incident.json").read_text())
+    assert meta["incident"] == incident_id
+    assert meta["scenario"] == "bad-deploy"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", meta["opened"])
+
+
+def test_open_incident_suffixes_ids_in_same_second(state):
+    for _ in range(5):  # retry if the two calls straddle a second boundary
+        first, _ = records.open_incident({})
+        second, second_path = records.open_incident({})
+        if second.startswith(first):
+            break
+    else:
+        pytest.fail("could not open two incidents within one second")
+    assert second == f"{first}-2"
+    assert os.path.isdir(second_path)
+    third, _ = records.open_incident({})
+    if third.startswith(first):
+        assert third == f"{first}-3"
+
+
+def health_event(host, *probes, phase="verify", step="health"):
+    return {
+        "host": host,
+        "phase": phase,
+        "step": step,
+        "result": "ok",
+        "health": [
+            {
+                "checked_at": f"2025-01-01T00:00:{sec}Z",
+                "ok": ok,
+                "status": 200 if ok else 500,
+                "latency_ms": 3.0,
+                "problems": [] if ok else ["status 500, expected 200"],
+            }
+            for sec, ok in probes
+        ],
+    }
+
+
+def test_measure_downtime_two_hosts():
+    events = [
+        health_event("web1", ("00.000", True), ("10.500", False)),
+        health_event("web2", ("12.000", False)),
+        health_event("web1", ("20.000", True)),
+        health_event("web2", ("25.300", True)),
+    ]
+    down = records.measure_downtime(events)
+    assert down["seconds"] == pytest.approx(14.8)
+    assert down["detected_at"] == "2025-01-01T00:00:10.500Z"
+    assert down["recovered_at"] == "2025-01-01T00:00:25.300Z"
+
+
+def test_measure_downtime_relapse_counts_until_final_recovery():
+    events = [health_event("web1", ("10.000", False), ("20.000", True), ("30.000", False), ("40.000", True))]
+    down = records.measure_downtime(events)
+    assert down["seconds"] == pytest.approx(30.0)
+    assert down["recovered_at"] == "2025-01-01T00:00:40.000Z"
+
+
+def test_measure_downtime_zero_when_never_unhealthy():
+    events = [health_event("web1", ("01.000", True)), health_event("web2", ("02.000", True)), {"host": "x"}]
+    down = records.measure_downtime(events)
+    assert down["seconds"] == 0
+    assert down["detected_at"] is None
+    assert records.measure_downtime([])["seconds"] == 0
+
+
+def test_measure_downtime_none_when_a_host_never_recovers():
+    events = [
+        health_event("web1", ("10.000", False), ("20.000", True)),
+        health_event("web2", ("11.000", False), ("21.000", False)),
+    ]
+    down = records.measure_downtime(events)
+    assert down["seconds"] is None
+    assert down["detected_at"] == "2025-01-01T00:00:10.000Z"
+    assert "web2" in down["basis"]
+    assert "web1" not in down["basis"]
+
+
+def test_close_incident_writes_reports_with_sub_steps(state):
+    incident_id, path = records.open_incident(
+        {"scenario": "bad-deploy", "title": "Bad deploy on web", "severity": "SEV1", "hosts": ["web9"]}
+    )
+    records.append_event(path, health_event("web1", ("10.000", False), phase="detect", step="probe"))
+    records.append_event(
+        path,
+        {
+            "host": "web1",
+            "phase": "rollback",
+            "step": "rollback_host",
+            "result": "changed",
+            "started": "2025-01-01T00:00:12.000Z",
+            "duration_s": 3.2,
+            "steps": [
+                {
+                    "step": "switch release",
+                    "started": "2025-01-01T00:00:12.100Z",
+                    "duration_s": 0.01,
+                    "result": "ok",
+                    "detail": "v10 -> v2",
+                },
+                {
+                    "step": "restart service",
+                    "started": "2025-01-01T00:00:12.200Z",
+                    "duration_s": 2.5,
+                    "result": "ok",
+                    "detail": {"status": 200, "latency_ms": 4.2, "ok": True},
+                },
+            ],
+        },
+    )
+    records.append_event(path, health_event("web1", ("16.000", True), phase="verify", step="probe"))
+    assert len(records.read_timeline(path)) == 3
+
+    report = records.close_incident(path, "RECOVERED", "Rolled back web1 to v2", {"operator": "alice"})
+
+    on_disk = json.loads((state / "incidents" / incident_id / "report.json").read_text())
+    assert on_disk["outcome"] == "RECOVERED"
+    assert on_disk["operator"] == "alice"
+    assert on_disk["hosts"] == ["web1", "web9"]
+    assert on_disk["downtime"]["seconds"] == pytest.approx(6.0)
+    assert on_disk == json.loads(json.dumps(report, default=str))
+    steps = [s["step"] for s in on_disk["steps"]]
+    assert steps == ["probe", "rollback_host", "  switch release", "  restart service", "probe"]
+    sub = on_disk["steps"][2]
+    assert sub["host"] == "web1" and sub["phase"] == "rollback" and sub["detail"] == "v10 -> v2"
+    assert on_disk["steps"][3]["detail"] == "HTTP 200 in 4.2 ms"
+    assert "HTTP 500 in 3.0 ms (status 500, expected 200)" in on_disk["steps"][0]["detail"]
+
+    md = (state / "incidents" / incident_id / "report.md").read_text()
+    assert md.startswith(f"# {incident_id}: Bad deploy on web")
+    assert "| Outcome | **RECOVERED** |" in md
+    assert "| Downtime | 6.0 s (2025-01-01T00:00:10.000Z to 2025-01-01T00:00:16.000Z)" in md
+    assert "| web1 | rollback |   switch release | ok | v10 -> v2 |" in md
+    assert "| Operator | alice |" in md
+    assert "Rolled back web1 to v2" in md
+
+
+def dead_pid():
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_lock_refuses_second_live_owner(state, tmp_path):
+    inv = [str(tmp_path / "inventories" / "lab")]
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        first = records.acquire_lock(inv, {"pid": sleeper.pid, "incident": "INC-A"})
+        assert first["acquired"] is True
+        assert first["stale_replaced"] is None
+        path = records.lock_path(inv)
+        assert path.startswith(os.path.join(str(state), "locks"))
+        assert records.read_json(path)["incident"] == "INC-A"
+
+        second = records.acquire_lock(inv, {"pid": os.getpid(), "incident": "INC-B"})
+        assert second["acquired"] is False
+        assert second["holder"]["pid"] == sleeper.pid
+        assert second["holder"]["incident"] == "INC-A"
+        assert records.read_json(path)["incident"] == "INC-A"
+
+        # the owner re-acquiring is fine
+        again = records.acquire_lock(inv, {"pid": sleeper.pid, "incident": "INC-A"})
+        assert again["acquired"] is True
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_lock_is_per_inventory(state, tmp_path):
+    a = records.acquire_lock([str(tmp_path / "a")], {"pid": os.getpid(), "incident": "INC-A"})
+    b = records.acquire_lock([str(tmp_path / "b")], {"pid": dead_pid(), "incident": "INC-B"})
+    assert a["acquired"] and b["acquired"]
+    assert records.lock_path([str(tmp_path / "a")]) != records.lock_path([str(tmp_path / "b")])
+    assert records.lock_path(["x", "y"]) == records.lock_path(["y", "x"])
+
+
+def test_stale_lock_of_dead_pid_is_replaced(state, tmp_path):
+    inv = [str(tmp_path / "inv")]
+    gone = dead_pid()
+    assert records.acquire_lock(inv, {"pid": gone, "incident": "INC-OLD"})["acquired"] is True
+
+    result = records.acquire_lock(inv, {"pid": os.getpid(), "incident": "INC-NEW"})
+    assert result["acquired"] is True
+    assert result["stale_replaced"]["pid"] == gone
+    assert result["stale_replaced"]["incident"] == "INC-OLD"
+    holder = records.read_json(records.lock_path(inv))
+    assert holder["pid"] == os.getpid()
+    assert holder["incident"] == "INC-NEW"
+
+
+def test_release_only_by_owner(state, tmp_path):
+    inv = [str(tmp_path / "inv")]
+    assert records.acquire_lock(inv, {"pid": os.getpid(), "incident": "INC-A"})["acquired"]
+    path = records.lock_path(inv)
+
+    assert records.release_lock(inv, os.getpid() + 1) is False
+    assert os.path.exists(path)
+    assert records.release_lock(inv, os.getpid()) is True
+    assert not os.path.exists(path)
+    assert records.release_lock(inv, os.getpid()) is False
