@@ -57,12 +57,17 @@ def confirm_production(target: inv.Inventory, yes: bool, check: bool) -> bool:
 def run_scenario(playbook: str, extravars: dict[str, Any], inventory_name: str | None, limit: str | None,
                  check: bool, yes: bool, as_json: bool) -> None:
     path = inv.resolve(inventory_name)
-    target = inv.load(path)
-    target.check_limit(limit)
+    if limit:
+        target = inv.load(path)
+        target.check_limit(limit)
+    else:
+        target = inv.Inventory(path, [], {}, inv.environment_of(path))
     if confirm_production(target, yes, check):
         extravars["mayday_confirmed"] = True
     result = run_playbook(playbook, path, extravars, limit=limit, check=check,
                           on_progress=None if as_json else show_progress)
+    if result.incident is None and result.rc == 0:
+        raise BadInput(f"no host of {path} matched the scenario's hosts{' and --limit ' + limit if limit else ''}")
     summarize(result, as_json)
     sys.exit(result.exit_code)
 

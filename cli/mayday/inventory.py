@@ -9,6 +9,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from mayday.errors import BadInput
 from mayday.paths import project_root
 
@@ -50,6 +52,32 @@ def resolve(name_or_path: str | None) -> Path:
     if (root / "inventories" / name_or_path).exists():
         return root / "inventories" / name_or_path
     raise BadInput(f"inventory {name_or_path!r} not found; valid: a path, or one of {', '.join(known_inventories())}")
+
+
+def _yaml_files(path: Path) -> list[Path]:
+    base = path if path.is_dir() else path.parent
+    files = [path] if path.is_file() else sorted(path.glob("*.y*ml"))
+    gv = base / "group_vars"
+    files += [gv / "all.yml", gv / "all.yaml", *sorted((gv / "all").glob("*.y*ml"))]
+    return [f for f in files if f.is_file()]
+
+
+def environment_of(path: Path) -> str:
+    """mayday_environment from the inventory's own files, without loading the inventory (fast).
+
+    The playbooks check it again (preflight role), so this only decides whether to ask.
+    """
+    for file in _yaml_files(path):
+        try:
+            doc = yaml.safe_load(file.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        if not isinstance(doc, dict):
+            continue
+        for candidate in (doc, (doc.get("all") or {}).get("vars") or {}):
+            if isinstance(candidate, dict) and "mayday_environment" in candidate:
+                return str(candidate["mayday_environment"])
+    return "unknown"
 
 
 def load(path: Path) -> Inventory:
