@@ -17,7 +17,10 @@ DOCUMENTATION = r"""
 action: mayday_incident
 short_description: Open, annotate and close a mayday incident record
 options:
-  state: {description: open, event, measure (downtime so far) or close., choices: [open, event, measure, close], required: true}
+  state:
+    description: open, event, measure (downtime so far) or close.
+    choices: [open, event, measure, close]
+    required: true
   scenario: {description: Scenario name (open).}
   severity: {description: Severity 1-4 (open).}
   title: {description: One-line title (open).}

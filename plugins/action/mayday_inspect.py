@@ -12,10 +12,10 @@ from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _mayday_path  # noqa: E402,F401
-import mayday_http  # noqa: E402
-import mayday_records  # noqa: E402
-import mayday_release  # noqa: E402
+import _mayday_path  # noqa: F401
+import mayday_http
+import mayday_records
+import mayday_release
 
 DOCUMENTATION = r"""
 action: mayday_inspect
@@ -57,8 +57,9 @@ def probe_script(release: dict | None, services: list[dict], health: list[dict])
 
 
 def parse(stdout: str, release: dict | None, health: list[dict], checked_at: str) -> dict:
-    state = {"layout": (release or {}).get("layout", "symlink"), "releases": [], "current": None, "failed": {}}
-    services, answers = {}, {}
+    state: dict = {"layout": (release or {}).get("layout", "symlink"), "releases": [], "current": None, "failed": {}}
+    services: dict[str, str] = {}
+    answers: dict[int, str] = {}
     for line in stdout.splitlines():
         kind, _, rest = line.partition("\t")
         if kind == "current":
@@ -72,14 +73,14 @@ def parse(stdout: str, release: dict | None, health: list[dict], checked_at: str
             name, _, active = rest.partition("\t")
             services[name] = active or "unknown"
         elif kind == "health":
-            index, _, answer = rest.partition("\t")
-            answers[int(index)] = answer
+            position, _, answer = rest.partition("\t")
+            answers[int(position)] = answer
     if state["layout"] == "dirswap":
         state["current"] = "upload" if "upload" in state["releases"] else None
     state["releases"].sort(key=mayday_release.natural_key)
     results = []
-    for index, check in enumerate(health):
-        body, _, tail = answers.get(index, "").rpartition(" " + ANSWER_MARK)
+    for number, check in enumerate(health):
+        body, _, tail = answers.get(number, "").rpartition(" " + ANSWER_MARK)
         try:
             status, seconds = tail.split()
             code, latency = int(status), round(float(seconds) * 1000, 1)

@@ -48,7 +48,7 @@ def _problems(health):
 def apply(params, check_mode=False):
     steps = Steps()
     result = {"changed": False, "ok": False, "steps": steps.items, "health": []}
-    release = params.get("release") or None
+    release = params.get("release") or {}
     layout = layout_for(release) if release else None
     target = before = None
     if layout:
@@ -58,7 +58,8 @@ def apply(params, check_mode=False):
             raise Refused(str(exc)) from exc
         before = layout.state()["current"]
         result["release"] = {"before": before, "target": target, "already_done": done, "reason": reason}
-        version = target if release.get("layout", "symlink") == "symlink" and params.get("expect_version", True) else None
+        by_version = release.get("layout", "symlink") == "symlink" and params.get("expect_version", True)
+        version = target if by_version else None
         if done:
             health = _verify(steps, params.get("health") or [], version, retries=0)
             if all(h["ok"] for h in health):
@@ -98,7 +99,7 @@ def apply(params, check_mode=False):
 
 def restore(params, steps=None):
     steps = steps or Steps()
-    release = params.get("release") or None
+    release = params.get("release") or {}
     layout = layout_for(release) if release else None
     back = params.get("restore_release")
     if layout and back and layout.state()["current"] != back:

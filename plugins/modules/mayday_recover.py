@@ -17,9 +17,19 @@ description:
     for every host at once. A refusal (no earlier release, unknown release) fails it, changing nothing.
 options:
   mode: {type: str, choices: [apply, restore], default: apply, description: What to do.}
-  release: {type: dict, description: Release layout (root, layout, releases_dir, current_link, target, keep_failed).}
-  services: {type: list, elements: dict, default: [], description: Services in restart order (name, port, action).}
-  health: {type: list, elements: dict, default: [], description: Health checks (url, status, json, timeout, retries, delay, max_latency_ms).}
+  release:
+    type: dict
+    description: Release layout (root, layout, releases_dir, current_link, target, keep_failed).
+  services:
+    type: list
+    elements: dict
+    default: []
+    description: Services in restart order (name, port, action).
+  health:
+    type: list
+    elements: dict
+    default: []
+    description: Health checks (url, status, json, timeout, retries, delay, max_latency_ms).
   expect_version: {type: bool, default: true, description: The health answer must name the target release.}
   service_timeout: {type: int, default: 30, description: Seconds to wait for each service.}
   incident: {type: str, default: "", description: Incident id written into the failed-release marker.}
@@ -30,8 +40,14 @@ author: mayday
 
 RETURN = r"""
 ok: {description: Whether the host ended healthy., type: bool, returned: always}
-release: {description: The plan (before, target, already_done, reason)., type: dict, returned: when release is set}
-health: {description: One result per check with status, latency_ms, attempts and checked_at., type: list, returned: always}
+release:
+  description: The plan (before, target, already_done, reason).
+  type: dict
+  returned: when release is set
+health:
+  description: One result per check with status, latency_ms, attempts and checked_at.
+  type: list
+  returned: always
 steps: {description: Every step with start time, duration and result., type: list, returned: always}
 restored: {description: What the fallback did when verification failed., type: dict, returned: when used}
 """
