@@ -182,8 +182,14 @@ def render_markdown(r: dict[str, Any]) -> str:
 
 
 # Locks: one rollback at a time per inventory. A lock whose process is gone is stale.
+def _inventory_key(source: str) -> str:
+    # The same inventory however it is named: a directory, a file in it, a symlink.
+    path = os.path.realpath(source)
+    return os.path.dirname(path) if os.path.isfile(path) else path
+
+
 def lock_path(inventory_sources: list[str]) -> str:
-    key = hashlib.sha256("\n".join(sorted(os.path.abspath(s) for s in inventory_sources)).encode()).hexdigest()[:16]
+    key = hashlib.sha256("\n".join(sorted({_inventory_key(s) for s in inventory_sources})).encode()).hexdigest()[:16]
     return os.path.join(state_dir(), "locks", f"{key}.lock")
 
 
@@ -204,8 +210,12 @@ def acquire_lock(inventory_sources: list[str], owner: dict[str, Any]) -> dict[st
     record = dict(owner, host=socket.gethostname(), since=utc_now(), inventory=inventory_sources)
     stale = None
     for _ in range(2):
+        # Write the record first, then link it into place: the lock never exists half-written.
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as handle:
+            json.dump(record, handle)
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.link(tmp, path)
         except FileExistsError:
             try:
                 holder = read_json(path)
@@ -223,8 +233,8 @@ def acquire_lock(inventory_sources: list[str], owner: dict[str, Any]) -> dict[st
                 os.unlink(path)
                 continue
             return {"acquired": False, "holder": holder, "stale_replaced": None}
-        with os.fdopen(fd, "w") as handle:
-            json.dump(record, handle)
+        finally:
+            os.unlink(tmp)
         return {"acquired": True, "holder": record, "stale_replaced": stale}
     return {"acquired": False, "holder": {}, "stale_replaced": stale}
 

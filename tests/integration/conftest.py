@@ -1,0 +1,62 @@
+"""Fixtures for the CLI tests against the real lab (systemd containers driven through Docker).
+
+The lab is started once per session (`mayday lab up`), releases v1 (good) and v2 (broken) are
+deployed once, and every test starts from the same broken state, reset in a second or two:
+web hosts on releases/v2, no failed markers, services running, database credentials intact.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from lab_helpers import (
+    APP,
+    MAYDAY,
+    PRUNE_RELEASES,
+    ROOT,
+    WEB_HOSTS,
+    Mayday,
+    base_env,
+    db_ini_digests,
+    dexec,
+    ensure_running,
+    health,
+    reset_lab,
+)
+
+
+@pytest.fixture(scope="session")
+def lab() -> dict[str, str]:
+    """Starts the lab once and deploys v1 (good) then v2 (broken); returns the good db.ini digests."""
+    up = subprocess.run([MAYDAY, "lab", "up"], cwd=ROOT, env=base_env(), capture_output=True, text=True,
+                        check=False, timeout=1800)
+    assert up.returncode == 0, f"mayday lab up failed:\n{up.stdout}\n{up.stderr}"
+    ensure_running()
+    for host in WEB_HOSTS:  # leftovers of earlier sessions: only v1 and v2, deployed afresh below
+        dexec(host, f"[ -d {APP}/releases ] || exit 0; {PRUNE_RELEASES}")
+    for args in (["--release", "v1"], ["--release", "v2", "--broken"]):
+        out = subprocess.run([MAYDAY, "lab", "deploy", *args], cwd=ROOT, env=base_env(), capture_output=True,
+                             text=True, check=False, timeout=300)
+        assert out.returncode == 0, f"mayday lab deploy {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}"
+    good = db_ini_digests()
+    assert all(health(h).get("status") == "unhealthy" for h in WEB_HOSTS), "v2 should deploy broken"
+    return good
+
+
+@pytest.fixture
+def mayday(tmp_path: Path) -> Mayday:
+    state = tmp_path / "state"
+    state.mkdir()
+    return Mayday(state)
+
+
+@pytest.fixture
+def broken_lab(lab: dict[str, str], mayday: Mayday) -> Mayday:
+    """Every web host on the broken release v2 (nothing marked failed), services up, credentials good."""
+    reset_lab(lab)
+    for host in WEB_HOSTS:
+        doc = health(host)
+        assert doc.get("status") == "unhealthy" and doc.get("version") == "v2", f"{host} not broken: {doc}"
+    return mayday
