@@ -1,0 +1,353 @@
+# Database backup and interruption-safe restore for MariaDB and PostgreSQL, on the DB host.
+#
+# Restore never writes into the live database: it restores into a shadow database, verifies it
+# against the backup's manifest (row counts and per-table checksums), then swaps it in with one
+# atomic step (a PostgreSQL transaction renaming both databases; one MariaDB RENAME TABLE
+# statement moving every table). Killed at any moment, the live database is entirely the old one
+# or entirely the restored one. The database it replaces is kept, renamed, never dropped.
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+
+SHADOW_SUFFIX = "__mayday_shadow"
+STATE_FILE = ".mayday-write-stop.json"  # what we stopped, so an interrupted run can undo it
+NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,47}$")
+
+
+class DbError(Exception):
+    """A refusal or failure; the live database was not changed."""
+
+
+def stamp():
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+
+
+def sha256_of(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_name(name, what="database"):
+    if not NAME.match(name or ""):
+        raise DbError(f"{what} name {name!r} is not a plain identifier (letters, digits, _)")
+    return name
+
+
+def run(cmd, stdin=None, stdout=None, check=True):
+    out = subprocess.run(cmd, stdin=stdin, stdout=stdout if stdout is not None else subprocess.PIPE,
+                         stderr=subprocess.PIPE, check=False)
+    if check and out.returncode != 0:
+        raise DbError(f"{' '.join(cmd[:4])} failed: {out.stderr.decode(errors='replace').strip()[-500:]}")
+    return out
+
+
+class Postgres:
+    engine = "postgresql"
+    ext = "pgdump"
+
+    def __init__(self, params):
+        self.as_admin = ["runuser", "-u", params.get("admin_user") or "postgres", "--"]
+        self.pgbouncer = params.get("pgbouncer") or None
+
+    def sql(self, query, db="postgres"):
+        out = run([*self.as_admin, "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-A", "-t", "-F", "\t",
+                   "-d", db, "-c", query])
+        return [line.split("\t") for line in out.stdout.decode().splitlines() if line]
+
+    def exists(self, db):
+        return bool(self.sql(f"SELECT 1 FROM pg_database WHERE datname = '{check_name(db)}'"))
+
+    def size(self, db):
+        return int(self.sql(f"SELECT pg_database_size('{check_name(db)}')")[0][0])
+
+    def tables(self, db):
+        rows = self.sql("SELECT quote_ident(schemaname) || '.' || quote_ident(tablename) FROM pg_tables "
+                        "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1", db)
+        return [r[0] for r in rows]
+
+    def fingerprint(self, db):
+        result = {}
+        for table in self.tables(db):
+            count, digest = self.sql(
+                f"SELECT count(*), coalesce(md5(string_agg(h, '' ORDER BY h)), '') "
+                f"FROM (SELECT md5(t::text) AS h FROM {table} t) s", db)[0]
+            result[table] = {"rows": int(count), "checksum": digest}
+        return result
+
+    def dump(self, db, path):
+        with open(path, "wb") as handle:
+            run([*self.as_admin, "pg_dump", "-Fc", "-Z", "1", db], stdout=handle)
+
+    def readable(self, path):
+        with open(path, "rb") as handle:
+            run([*self.as_admin, "pg_restore", "-l"], stdin=handle)
+
+    def restore_into(self, path, shadow):
+        self.sql(f'CREATE DATABASE "{check_name(shadow)}"')
+        with open(path, "rb") as handle:
+            run([*self.as_admin, "pg_restore", "--no-owner", "--exit-on-error", "-d", shadow], stdin=handle)
+
+    def drop(self, db):
+        self.sql(f'DROP DATABASE IF EXISTS "{check_name(db)}" WITH (FORCE)')
+
+    def stop_writes(self, db, marker):
+        check_name(db)
+        with open(marker, "w") as handle:
+            json.dump({"engine": self.engine, "database": db, "since": stamp()}, handle)
+        if self.pgbouncer:
+            self._bouncer(f"PAUSE {db}")  # waits for running transactions, holds new ones
+        self.sql(f'ALTER DATABASE "{db}" WITH ALLOW_CONNECTIONS false')
+        self.sql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}' "
+                 "AND pid <> pg_backend_pid()")
+
+    def resume_writes(self, db, marker):
+        if self.exists(db):
+            self.sql(f'ALTER DATABASE "{check_name(db)}" WITH ALLOW_CONNECTIONS true')
+        if self.pgbouncer:
+            self._bouncer(f"RESUME {db}", check=False)  # not paused (anymore) is fine
+        if os.path.exists(marker):
+            os.unlink(marker)
+
+    def swap(self, db, shadow, keep_as):
+        # One transaction: readers find the old database or the restored one, never neither.
+        self.sql(f'BEGIN; ALTER DATABASE "{db}" RENAME TO "{check_name(keep_as)}"; '
+                 f'ALTER DATABASE "{shadow}" RENAME TO "{db}"; COMMIT;')
+
+    def _bouncer(self, command, check=True):
+        port = str(self.pgbouncer.get("port", 6432))
+        user = self.pgbouncer.get("admin_user", "postgres")
+        run([*self.as_admin, "psql", "-X", "-q", "-h", "127.0.0.1", "-p", port, "-U", user, "-d", "pgbouncer",
+             "-c", command], check=check)
+
+
+class MariaDB:
+    engine = "mariadb"
+    ext = "sql"
+
+    def __init__(self, params):
+        self.client = ["mariadb", "--batch", "--skip-column-names"]
+
+    def sql(self, query, db=None):
+        out = run([*self.client, *([db] if db else []), "-e", query])
+        return [line.split("\t") for line in out.stdout.decode().splitlines() if line]
+
+    def exists(self, db):
+        return bool(self.sql(f"SHOW DATABASES LIKE '{check_name(db)}'"))
+
+    def size(self, db):
+        rows = self.sql("SELECT coalesce(sum(data_length + index_length), 0) FROM information_schema.tables "
+                        f"WHERE table_schema = '{check_name(db)}'")
+        return int(float(rows[0][0]))
+
+    def tables(self, db):
+        rows = self.sql("SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' "
+                        f"AND table_schema = '{check_name(db)}' ORDER BY 1")
+        return [r[0] for r in rows]
+
+    def fingerprint(self, db):
+        result = {}
+        for table in self.tables(db):
+            count = self.sql(f"SELECT count(*) FROM `{db}`.`{table}`")[0][0]
+            checksum = self.sql(f"CHECKSUM TABLE `{db}`.`{table}` EXTENDED")[0][1]
+            result[table] = {"rows": int(count), "checksum": checksum}
+        return result
+
+    def dump(self, db, path):
+        with open(path, "wb") as handle:
+            run(["mariadb-dump", "--single-transaction", "--quick", "--routines", "--triggers",
+                 "--hex-blob", "--skip-dump-date", db], stdout=handle)
+
+    def readable(self, path):
+        with open(path, "rb") as handle:
+            handle.seek(max(0, os.path.getsize(path) - 200))
+            if b"-- Dump completed" not in handle.read():
+                raise DbError(f"{path} is truncated: no 'Dump completed' trailer")
+
+    def restore_into(self, path, shadow):
+        self.sql(f"CREATE DATABASE `{check_name(shadow)}`")
+        with open(path, "rb") as handle:
+            run([*self.client, shadow], stdin=handle)
+
+    def drop(self, db):
+        self.sql(f"DROP DATABASE IF EXISTS `{check_name(db)}`")
+
+    def stop_writes(self, db, marker):
+        with open(marker, "w") as handle:
+            json.dump({"engine": self.engine, "database": db, "since": stamp()}, handle)
+        self.sql("SET GLOBAL read_only = ON")  # the app's user has no READ ONLY ADMIN: its writes stop
+
+    def resume_writes(self, db, marker):
+        if os.path.exists(marker):
+            self.sql("SET GLOBAL read_only = OFF")
+            os.unlink(marker)
+
+    def swap(self, db, shadow, keep_as):
+        self.sql(f"CREATE DATABASE `{check_name(keep_as)}`")
+        live, new = self.tables(db), self.tables(shadow)
+        moves = [f"`{db}`.`{t}` TO `{keep_as}`.`{t}`" for t in live]
+        moves += [f"`{shadow}`.`{t}` TO `{db}`.`{t}`" for t in new]
+        # One RENAME TABLE statement is atomic: all tables move, or none.
+        self.sql("RENAME TABLE " + ", ".join(moves))
+        self.drop(shadow)  # empty now
+
+
+ENGINES = {"postgresql": Postgres, "mariadb": MariaDB}
+
+
+def engine_for(params):
+    if params.get("engine") not in ENGINES:
+        raise DbError(f"unknown engine {params.get('engine')!r}; valid: {', '.join(ENGINES)}")
+    return ENGINES[params["engine"]](params)
+
+
+# ---- backups ---------------------------------------------------------------------------------
+
+
+def list_backups(backup_dir, engine=None, database=None):
+    found = []
+    if not os.path.isdir(backup_dir):
+        return found
+    for name in sorted(os.listdir(backup_dir)):
+        if not name.endswith(".manifest.json"):
+            continue
+        try:
+            with open(os.path.join(backup_dir, name)) as handle:
+                manifest = json.load(handle)
+        except (OSError, ValueError):
+            continue
+        if (engine and manifest.get("engine") != engine) or (database and manifest.get("database") != database):
+            continue
+        found.append(manifest)
+    return sorted(found, key=lambda m: m["time"])
+
+
+def backup(params, kind="backup"):
+    eng = engine_for(params)
+    db = check_name(params["database"])
+    backup_dir = params["backup_dir"]
+    os.makedirs(backup_dir, mode=0o700, exist_ok=True)
+    if not eng.exists(db):
+        raise DbError(f"database {db!r} does not exist")
+    need = eng.size(db)
+    free = shutil.disk_usage(backup_dir).free
+    if free < need:
+        raise DbError(f"not enough free disk in {backup_dir}: {free} bytes free, the database takes {need}")
+    backup_id = f"{eng.engine}-{db}-{stamp()}" + ("-safety" if kind == "safety" else "")
+    path = os.path.join(backup_dir, f"{backup_id}.{eng.ext}")
+    t0 = time.monotonic()
+    tmp = path + ".partial"
+    eng.dump(db, tmp)
+    os.replace(tmp, path)
+    manifest = {
+        "id": backup_id, "kind": kind, "time": stamp(), "engine": eng.engine, "database": db,
+        "file": os.path.basename(path), "size": os.path.getsize(path), "sha256": sha256_of(path),
+        "tables": eng.fingerprint(db), "dump_seconds": round(time.monotonic() - t0, 2),
+    }
+    with open(os.path.join(backup_dir, f"{backup_id}.manifest.json"), "w") as handle:
+        json.dump(manifest, handle, indent=2)
+    return manifest
+
+
+def prune(params):
+    """Keep the newest `keep` regular backups; safety backups are never pruned here."""
+    keep = int(params.get("retention", 7))
+    regular = [m for m in list_backups(params["backup_dir"], params["engine"], params["database"])
+               if m.get("kind") == "backup"]
+    removed = []
+    for manifest in regular[: max(0, len(regular) - max(1, keep))]:
+        for name in (manifest["file"], f"{manifest['id']}.manifest.json"):
+            path = os.path.join(params["backup_dir"], name)
+            if os.path.exists(path):
+                os.unlink(path)
+        removed.append(manifest["id"])
+    return removed
+
+
+def resolve(params):
+    wanted = params.get("backup") or "latest"
+    backups = list_backups(params["backup_dir"])
+    mine = [m for m in backups if m["engine"] == params["engine"] and m["database"] == params["database"]
+            and m.get("kind") == "backup"]
+    if wanted == "latest":
+        if not mine:
+            raise DbError(f"no backup of {params['engine']} database {params['database']!r} in {params['backup_dir']}")
+        return mine[-1]
+    for manifest in backups:
+        if manifest["id"] == wanted:
+            if manifest["engine"] != params["engine"] or manifest["database"] != params["database"]:
+                raise DbError(f"backup {wanted} is of {manifest['engine']} database {manifest['database']!r}, "
+                              f"not {params['engine']} database {params['database']!r}")
+            return manifest
+    valid = ", ".join(m["id"] for m in mine[-5:]) or "none"
+    raise DbError(f"unknown backup {wanted!r}; valid: latest, {valid}")
+
+
+def verify_backup(params, manifest):
+    path = os.path.join(params["backup_dir"], manifest["file"])
+    if not os.path.exists(path):
+        raise DbError(f"backup file {path} is missing")
+    actual = sha256_of(path)
+    if actual != manifest["sha256"]:
+        raise DbError(f"backup {manifest['id']} is corrupt: sha256 {actual[:12]}..., manifest says "
+                      f"{manifest['sha256'][:12]}...")
+    engine_for(params).readable(path)
+    return path
+
+
+def compare(expected, actual):
+    problems = []
+    for table, want in expected.items():
+        got = actual.get(table)
+        if got is None:
+            problems.append(f"{table} missing")
+        elif got != want:
+            problems.append(f"{table}: rows {got['rows']} vs {want['rows']}, checksum differs"
+                            if got["rows"] != want["rows"] else f"{table}: checksum differs")
+    problems += [f"{t} not in the backup" for t in actual if t not in expected]
+    return problems
+
+
+def restore(params, steps, check_mode=False):
+    """Verify, safety backup, restore into shadow, verify, swap, verify. Returns a report dict."""
+    eng = engine_for(params)
+    db = check_name(params["database"])
+    shadow = db + SHADOW_SUFFIX
+    marker = os.path.join(params["backup_dir"], STATE_FILE)
+    manifest = steps.run("resolve backup", resolve, params)
+    path = steps.run("verify backup (sha256, readable, engine, database)", verify_backup, params, manifest)
+    if os.path.exists(marker):
+        steps.run("resume writes left stopped by an interrupted run", eng.resume_writes, db, marker)
+    if check_mode:
+        steps.skip("restore", "check mode")
+        return {"backup": manifest["id"], "changed": False}
+    if eng.exists(shadow):
+        steps.run("drop the shadow left by an interrupted run", eng.drop, shadow)
+    safety = steps.run("safety backup of the live database", backup, params, "safety")
+    steps.run(f"restore {manifest['id']} into {shadow}", eng.restore_into, path, shadow)
+    problems = steps.run("verify the shadow against the manifest",
+                         lambda: compare(manifest["tables"], eng.fingerprint(shadow)))
+    if problems:
+        eng.drop(shadow)
+        raise DbError("restored copy does not match the backup: " + "; ".join(problems[:5]))
+    keep_as = f"{db}__mayday_pre_{stamp()}"
+    steps.run("stop writes", eng.stop_writes, db, marker)
+    try:
+        steps.run(f"swap in the restored database (old one kept as {keep_as})", eng.swap, db, shadow, keep_as)
+    finally:
+        steps.run("resume writes", eng.resume_writes, db, marker)
+    problems = steps.run("verify the live database against the manifest",
+                         lambda: compare(manifest["tables"], eng.fingerprint(db)))
+    if problems:
+        raise DbError("live database does not match the backup after the swap: " + "; ".join(problems[:5]))
+    return {"backup": manifest["id"], "safety_backup": safety["id"], "previous_kept_as": keep_as,
+            "rows_restored": sum(t["rows"] for t in manifest["tables"].values()),
+            "tables": len(manifest["tables"]), "changed": True}
