@@ -37,9 +37,8 @@ def target_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def show_progress(progress: Progress) -> None:
-    total = len(progress.phases) or "?"
-    err.print(f"[{progress.step}/{total}] {progress.phase:<11} {progress.task}  "
-              f"[dim]{progress.elapsed:5.1f}s[/dim]")
+    where = f"[{progress.step}/{len(progress.phases)}] " if progress.phases else ""
+    err.print(f"{where}{progress.phase:<11} {progress.task}  [dim]{progress.elapsed:5.1f}s[/dim]")
 
 
 def confirm_production(target: inv.Inventory, yes: bool, check: bool) -> bool:
@@ -109,6 +108,86 @@ def level1(inventory_name: str | None, limit: str | None, check: bool, yes: bool
             raise BadInput(f"--release {release!r} is not a release id (letters, digits, '.', '_', '-')")
         extravars["release"] = release
     run_scenario("rollback-level1.yml", extravars, inventory_name, limit, check, yes, as_json)
+
+
+LEVEL2_COMPONENTS = ["database", "webhook"]
+BACKUP_ID = r"^(latest|[A-Za-z0-9][A-Za-z0-9._-]{0,127})$"
+
+
+def check_backup_id(backup: str) -> str:
+    import re
+
+    if not re.match(BACKUP_ID, backup):
+        raise BadInput(f"--backup {backup!r} is not a backup id; valid: latest or an id from `mayday backups`")
+    return backup
+
+
+@cli.command()
+@target_options
+@click.option("--component", required=True, type=click.Choice(LEVEL2_COMPONENTS),
+              help="The component to roll back.")
+@click.option("--backup", default="latest", show_default=True, help="database: backup id to restore.")
+@click.option("--minutes", default=60, show_default=True, type=click.IntRange(1, 7 * 24 * 60),
+              help="webhook: remove rows added in the last N minutes.")
+def level2(inventory_name: str | None, limit: str | None, check: bool, yes: bool, as_json: bool,
+           component: str, backup: str, minutes: int) -> None:
+    """Level 2, partial failure: roll one component back."""
+    extravars: dict[str, Any] = {"component": component}
+    if component == "database":
+        extravars["backup"] = check_backup_id(backup)
+    if component == "webhook":
+        extravars["minutes"] = minutes
+    run_scenario("rollback-level2.yml", extravars, inventory_name, limit, check, yes, as_json)
+
+
+@cli.command()
+@target_options
+@click.option("--backup", default="latest", show_default=True, help="Backup id to restore, or latest.")
+def restore(inventory_name: str | None, limit: str | None, check: bool, yes: bool, as_json: bool,
+            backup: str) -> None:
+    """Restore the database from a verified backup (interruption-safe)."""
+    run_scenario("db-restore.yml", {"backup": check_backup_id(backup)}, inventory_name, limit, check, yes, as_json)
+
+
+@cli.command("backup")
+@target_options
+def backup_cmd(inventory_name: str | None, limit: str | None, check: bool, yes: bool, as_json: bool) -> None:
+    """Back up every database host's database, with a manifest, then apply retention."""
+    path = inv.resolve(inventory_name)
+    if limit:
+        inv.load(path).check_limit(limit)
+    result = run_playbook("db-backup.yml", path, {}, limit=limit, check=check,
+                          on_progress=None if as_json else show_progress)
+    taken = [r["manifest"] for r in result.results if "manifest" in r]
+    if as_json:
+        click.echo(json.dumps({"rc": result.rc, "backups": taken, "failures": result.failures}, indent=2))
+    else:
+        for m in taken:
+            click.echo(f"{m['id']}  {m['size']:>12} bytes  {sum(t['rows'] for t in m['tables'].values()):>10} rows")
+        for failure in result.failures:
+            err.print(f"[red]- {failure}[/]")
+    sys.exit(0 if result.rc == 0 else 1)
+
+
+@cli.command()
+@click.option("-i", "--inventory", "inventory_name", default=None, help="Inventory (default: the lab).")
+@click.option("--limit", default=None, help="Only these database hosts.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def backups(inventory_name: str | None, limit: str | None, as_json: bool) -> None:
+    """List the backups on each database host."""
+    path = inv.resolve(inventory_name)
+    if limit:
+        inv.load(path).check_limit(limit)
+    result = run_playbook("db-backups.yml", path, {}, limit=limit)
+    listed = [b for r in result.results for b in r.get("backups", [])]
+    if as_json:
+        click.echo(json.dumps(listed, indent=2))
+    else:
+        click.echo(f"{'id':<48} {'kind':<7} {'size':>12} {'rows':>10}")
+        for b in listed:
+            click.echo(f"{b['id']:<48} {b.get('kind', ''):<7} {b['size']:>12} "
+                       f"{sum(t['rows'] for t in b['tables'].values()):>10}")
+    sys.exit(0 if result.rc == 0 else 1)
 
 
 @cli.command()

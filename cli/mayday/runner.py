@@ -48,6 +48,7 @@ class RunResult:
     report: dict[str, Any] | None
     report_md: Path | None
     failures: list[str]
+    results: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -104,6 +105,7 @@ def run_playbook(
     run_id = new_run_id()
     progress = Progress(phases=playbook_phases(book))
     failures: list[str] = []
+    results: list[dict[str, Any]] = []
 
     def handle(event: dict[str, Any]) -> bool:
         data = event.get("event_data") or {}
@@ -116,6 +118,8 @@ def run_playbook(
             progress.phase, progress.task = (phase, task) if task else (progress.phase, name)
             if on_progress:
                 on_progress(progress)
+        elif kind == "runner_on_ok" and data.get("task_action") == "mayday_db":
+            results.append(dict(data.get("res") or {}, host=data.get("host")))
         elif kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
             res = data.get("res") or {}
             failures.append(f"{data.get('host')}: {res.get('msg', kind)}")
@@ -160,4 +164,5 @@ def run_playbook(
         if (incident_dir / "report.json").exists():
             report = json.loads((incident_dir / "report.json").read_text())
             report_md = incident_dir / "report.md"
-    return RunResult(run_id, int(result.rc), str(result.status), duration, incident, report, report_md, failures)
+    return RunResult(run_id, int(result.rc), str(result.status), duration, incident, report, report_md, failures,
+                     results)

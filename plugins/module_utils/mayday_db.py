@@ -21,7 +21,9 @@ NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,47}$")
 
 
 class DbError(Exception):
-    """A refusal or failure; the live database was not changed."""
+    """A refusal or failure; the live database was not changed unless live_touched is set."""
+
+    live_touched = False
 
 
 def stamp():
@@ -339,15 +341,19 @@ def restore(params, steps, check_mode=False):
         eng.drop(shadow)
         raise DbError("restored copy does not match the backup: " + "; ".join(problems[:5]))
     keep_as = f"{db}__mayday_pre_{stamp()}"
-    steps.run("stop writes", eng.stop_writes, db, marker)
     try:
-        steps.run(f"swap in the restored database (old one kept as {keep_as})", eng.swap, db, shadow, keep_as)
-    finally:
-        steps.run("resume writes", eng.resume_writes, db, marker)
-    problems = steps.run("verify the live database against the manifest",
-                         lambda: compare(manifest["tables"], eng.fingerprint(db)))
-    if problems:
-        raise DbError("live database does not match the backup after the swap: " + "; ".join(problems[:5]))
+        steps.run("stop writes", eng.stop_writes, db, marker)
+        try:
+            steps.run(f"swap in the restored database (old one kept as {keep_as})", eng.swap, db, shadow, keep_as)
+        finally:
+            steps.run("resume writes", eng.resume_writes, db, marker)
+        problems = steps.run("verify the live database against the manifest",
+                             lambda: compare(manifest["tables"], eng.fingerprint(db)))
+        if problems:
+            raise DbError("live database does not match the backup after the swap: " + "; ".join(problems[:5]))
+    except DbError as exc:
+        exc.live_touched = True
+        raise
     return {"backup": manifest["id"], "safety_backup": safety["id"], "previous_kept_as": keep_as,
             "rows_restored": sum(t["rows"] for t in manifest["tables"].values()),
             "tables": len(manifest["tables"]), "changed": True}

@@ -27,7 +27,10 @@ author: mayday
 RETURN = r"""
 manifest: {description: The backup written (backup)., type: dict, returned: backup}
 backups: {description: Manifests, oldest first (list)., type: list, returned: list}
-restore: {description: Backup id, safety backup id, kept database, rows restored (restore)., type: dict, returned: restore}
+restore:
+  description: Backup id, safety backup id, kept database, rows restored (restore).
+  type: dict
+  returned: restore
 steps: {description: Every step with start time, duration and result., type: list, returned: always}
 """
 
@@ -72,7 +75,8 @@ def main():
         for step in steps.items:
             if isinstance(step["detail"], dict):
                 step["detail"] = step["detail"].get("id", "")
-        module.fail_json(msg=str(exc), steps=steps.items)
+        # refused: nothing about the live database was changed (exit 2 from the CLI).
+        module.fail_json(msg=str(exc), refused=not exc.live_touched, steps=steps.items)
 
 
 if __name__ == "__main__":
