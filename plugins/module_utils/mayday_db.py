@@ -58,7 +58,7 @@ class Postgres:
 
     def __init__(self, params):
         self.as_admin = ["runuser", "-u", params.get("admin_user") or "postgres", "--"]
-        self.pgbouncer = params.get("pgbouncer") or None
+        self.pgbouncer = params.get("pgbouncer") or {}
 
     def sql(self, query, db="postgres"):
         out = run([*self.as_admin, "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-A", "-t", "-F", "\t",
@@ -215,7 +215,7 @@ def engine_for(params):
 
 
 def list_backups(backup_dir, engine=None, database=None):
-    found = []
+    found: list = []
     if not os.path.isdir(backup_dir):
         return found
     for name in sorted(os.listdir(backup_dir)):
