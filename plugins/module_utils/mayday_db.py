@@ -357,3 +357,75 @@ def restore(params, steps, check_mode=False):
     return {"backup": manifest["id"], "safety_backup": safety["id"], "previous_kept_as": keep_as,
             "rows_restored": sum(t["rows"] for t in manifest["tables"].values()),
             "tables": len(manifest["tables"]), "changed": True}
+
+
+# ---- webhook rows ----------------------------------------------------------------------------
+
+
+def purge_recent(params, steps, check_mode=False):
+    """Delete rows added in the last `minutes` from each table, saving them to a file first.
+
+    MariaDB only (PyMySQL on the host). Values go in as query parameters; table and column names
+    cannot, so they must exist in information_schema. One transaction: the rows are locked, written
+    to disk and fsynced, then deleted; any mismatch rolls back.
+    """
+    if params["engine"] != "mariadb":
+        raise DbError("the webhook rollback supports MariaDB; valid engines: mariadb")
+    import pymysql  # only this path needs it: python3-pymysql on the DB host
+
+    db = check_name(params["database"])
+    minutes = int(params.get("minutes") or 60)
+    column = check_name(params.get("time_column") or "created_at", "column")
+    tables = [check_name(t, "table") for t in params.get("tables") or []]
+    if not tables:
+        raise DbError("no webhook tables configured (mayday_webhook.tables)")
+    conn = pymysql.connect(unix_socket=params.get("socket") or "/run/mysqld/mysqld.sock", user="root",
+                           database=db, autocommit=False, charset="utf8mb4")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT table_name FROM information_schema.columns WHERE table_schema = %s "
+                        "AND column_name = %s", (db, column))
+            known = {row[0] for row in cur.fetchall()}
+            missing = [t for t in tables if t not in known]
+            if missing:
+                raise DbError(f"tables without a {column} column in {db}: {', '.join(missing)}; "
+                              f"valid: {', '.join(sorted(known)) or 'none'}")
+            cur.execute("SELECT NOW() - INTERVAL %s MINUTE, NOW()", (minutes,))
+            since, until = cur.fetchone()
+            report = {"since": str(since), "until": str(until), "tables": {}, "files": []}
+            os.makedirs(params["backup_dir"], mode=0o700, exist_ok=True)
+            for table in tables:
+                query = f"FROM `{table}` WHERE `{column}` > %s AND `{column}` <= %s"
+                cur.execute(f"SELECT * {query} FOR UPDATE", (since, until))
+                names = [d[0] for d in cur.description]
+                rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+                report["tables"][table] = len(rows)
+                if check_mode or not rows:
+                    continue
+                path = os.path.join(params["backup_dir"], f"webhook-{db}-{table}-{stamp()}.jsonl")
+                steps.run(f"save {len(rows)} rows of {table} to {path}", _write_rows, path, rows)
+                report["files"].append(path)
+                deleted = steps.run(f"delete them from {table}", cur.execute, f"DELETE {query}", (since, until))
+                if deleted != len(rows):
+                    raise DbError(f"{table}: {deleted} rows matched the delete, {len(rows)} were saved")
+        if check_mode:
+            conn.rollback()
+        else:
+            conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    finally:
+        conn.close()
+    report["deleted"] = 0 if check_mode else sum(report["tables"].values())
+    return report
+
+
+def _write_rows(path, rows):
+    with open(path, "w") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, default=str) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.chmod(path, 0o600)
+    return f"{len(rows)} rows"
