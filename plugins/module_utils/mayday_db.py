@@ -392,7 +392,7 @@ def purge_recent(params, steps, check_mode=False):
                               f"valid: {', '.join(sorted(known)) or 'none'}")
             cur.execute("SELECT NOW() - INTERVAL %s MINUTE, NOW()", (minutes,))
             since, until = cur.fetchone()
-            report = {"since": str(since), "until": str(until), "tables": {}, "files": []}
+            report: dict = {"since": str(since), "until": str(until), "tables": {}, "files": []}
             os.makedirs(params["backup_dir"], mode=0o700, exist_ok=True)
             for table in tables:
                 query = f"FROM `{table}` WHERE `{column}` > %s AND `{column}` <= %s"
