@@ -1,0 +1,68 @@
+"""Level 2 database restore verified on the hosts: data equals the pre-migration data, exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+testinfra_hosts = ["ansible://db:pg"]
+
+STATE = Path(os.environ["MAYDAY_STATE_DIR"])
+FINGERPRINT = {
+    "pg1": "runuser -u postgres -- psql -d app -At -c \"SELECT count(*) || ' ' || "
+           "md5(string_agg(t::text, ',' ORDER BY aid)) FROM pgbench_accounts t\"",
+    "db1": "mariadb -N -B app -e \"SELECT CONCAT(count(*), ' ', md5(group_concat(id, customer_id, amount, status, "
+           "created_at ORDER BY id SEPARATOR ','))) FROM orders\"",
+}
+
+
+def name(host) -> str:
+    return host.backend.get_hostname()
+
+
+def test_data_equals_the_pre_migration_data(host):
+    good = host.file("/var/tmp/mayday-good-fingerprint").content_string.strip()
+    now = host.check_output(FINGERPRINT[name(host)]).strip()
+    assert now == good
+    assert int(now.split()[0]) == 100000
+
+
+def test_every_table_matches_the_backup_manifest(host):
+    manifests = [json.loads(host.file(f"/var/backups/mayday/{f}").content_string)
+                 for f in host.check_output("ls /var/backups/mayday").split() if f.endswith(".manifest.json")]
+    backup = next(m for m in manifests if m["kind"] == "backup")
+    assert sum(t["rows"] for t in backup["tables"].values()) >= 100000
+    safety = [m for m in manifests if m["kind"] == "safety"]
+    assert len(safety) == 1, "one safety backup of the broken state, taken before the restore"
+    assert host.file(f"/var/backups/mayday/{safety[0]['file']}").size == safety[0]["size"]
+    assert safety[0]["tables"] != backup["tables"], "the safety backup holds the migrated (broken) data"
+
+
+def test_replaced_database_is_kept_not_dropped(host):
+    if name(host) == "pg1":
+        dbs = host.check_output("runuser -u postgres -- psql -At -c 'SELECT datname FROM pg_database'").split()
+    else:
+        dbs = host.check_output("mariadb -N -B -e 'SHOW DATABASES'").split()
+    assert any(d.startswith("app__mayday_pre_") for d in dbs)
+    assert not any(d.endswith("__mayday_shadow") for d in dbs)
+
+
+def test_writes_resumed(host):
+    if name(host) == "pg1":
+        assert host.check_output("runuser -u postgres -- psql -At -c "
+                                 "\"SELECT datallowconn FROM pg_database WHERE datname = 'app'\"") == "t"
+        assert host.run("psql -h 127.0.0.1 -p 6432 -U app -d app -At -c 'SELECT count(*) FROM pgbench_branches'").rc == 0
+    else:
+        assert host.check_output("mariadb -N -B -e 'SELECT @@read_only'") == "0"
+
+
+def test_report_counts_the_rows(host):
+    reports = [json.loads(p.read_text()) for p in STATE.glob("incidents/*/report.json")]
+    done = [r for r in reports if r["outcome"] == "RECOVERED"]
+    assert len(done) == 1 and done[0]["scenario"] == "level2-database"
+    result = done[0]["results"][name(host)]
+    assert result["rows_restored"] >= 100000
+    phases = [s["step"].strip() for s in done[0]["steps"] if s["host"] == name(host)]
+    assert "safety backup of the live database" in phases
+    assert any(p.startswith("swap in the restored database") for p in phases)
