@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-testinfra_hosts = ["ansible://db:pg"]
+testinfra_hosts = ["ansible://db", "ansible://pg"]
 
 STATE = Path(os.environ["MAYDAY_STATE_DIR"])
 FINGERPRINT = {
@@ -52,7 +52,8 @@ def test_writes_resumed(host):
     if name(host) == "pg1":
         assert host.check_output("runuser -u postgres -- psql -At -c "
                                  "\"SELECT datallowconn FROM pg_database WHERE datname = 'app'\"") == "t"
-        assert host.run("psql -h 127.0.0.1 -p 6432 -U app -d app -At -c 'SELECT count(*) FROM pgbench_branches'").rc == 0
+        through_pgbouncer = "psql -h 127.0.0.1 -p 6432 -U app -d app -At -c 'SELECT count(*) FROM pgbench_branches'"
+        assert host.run(through_pgbouncer).rc == 0
     else:
         assert host.check_output("mariadb -N -B -e 'SELECT @@read_only'") == "0"
 
