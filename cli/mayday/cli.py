@@ -110,7 +110,7 @@ def level1(inventory_name: str | None, limit: str | None, check: bool, yes: bool
     run_scenario("rollback-level1.yml", extravars, inventory_name, limit, check, yes, as_json)
 
 
-LEVEL2_COMPONENTS = ["database", "webhook"]
+LEVEL2_COMPONENTS = ["database", "api", "frontend", "webhook"]
 BACKUP_ID = r"^(latest|[A-Za-z0-9][A-Za-z0-9._-]{0,127})$"
 
 
@@ -126,14 +126,15 @@ def check_backup_id(backup: str) -> str:
 @target_options
 @click.option("--component", required=True, type=click.Choice(LEVEL2_COMPONENTS),
               help="The component to roll back.")
-@click.option("--backup", default="latest", show_default=True, help="database: backup id to restore.")
+@click.option("--backup", default="latest", show_default=True,
+              help="database: backup id; api, frontend: the deploy-time copy to restore.")
 @click.option("--minutes", default=60, show_default=True, type=click.IntRange(1, 7 * 24 * 60),
               help="webhook: remove rows added in the last N minutes.")
 def level2(inventory_name: str | None, limit: str | None, check: bool, yes: bool, as_json: bool,
            component: str, backup: str, minutes: int) -> None:
     """Level 2, partial failure: roll one component back."""
     extravars: dict[str, Any] = {"component": component}
-    if component == "database":
+    if component in ("database", "api", "frontend"):
         extravars["backup"] = check_backup_id(backup)
     if component == "webhook":
         extravars["minutes"] = minutes

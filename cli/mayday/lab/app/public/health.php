@@ -6,8 +6,10 @@ header('Content-Type: application/json');
 header('Cache-Control: no-store');
 $release = basename(dirname(__DIR__));
 try {
+    // The API configuration is shared by all releases: a broken one breaks every release.
+    $api = require '/var/www/app/shared/config/api.php';
     $row = app_db()->query('SELECT 1 AS ok')->fetch_assoc();
-    $healthy = ((int) $row['ok']) === 1;
+    $healthy = ((int) $row['ok']) === 1 && !empty($api['enabled']);
 } catch (Throwable $e) {
     $healthy = false;
 }
