@@ -1,10 +1,11 @@
 """Database restore benchmark: mayday's verified, interruption-safe restore against the native tool.
 
-A dedicated container (not the lab's db1) holds a MariaDB database whose plain SQL dump is at
-least 300 MB. Each round, not timed: the live database is changed (a bad migration). Then, timed
-and alternating:
+A dedicated container (not the lab's) holds a database whose dump is at least 300 MB (MariaDB:
+plain SQL; PostgreSQL: custom format). Each round, not timed: the live database is changed (a bad
+migration). Then, timed and alternating:
 
-  native: `mariadb <scratch db> < dump` (the same dump file, into an empty database)
+  native: `mariadb scratch < dump` or `pg_restore --no-owner -d scratch < dump` (the same file,
+          into an empty database)
   mayday: `ansible-playbook playbooks/db-restore.yml` (verify the backup, safety backup of the live
           database, restore into a shadow, verify it, swap, verify the live database)
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -28,6 +30,39 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 DOCKER = "/usr/bin/docker"
+ENGINES = {
+    "mariadb": {
+        "image": "mayday-lab-db:latest", "group": "db", "ext": "sql",
+        "ready": "mariadb -e 'SELECT 1'",
+        "sql": "mariadb app -e {q}", "admin": "mariadb -e {q}",
+        "create_table": "CREATE TABLE orders (id INT PRIMARY KEY, customer_id INT, amount DECIMAL(10,2), "
+                        "ref CHAR(32), note VARCHAR(200), created_at DATETIME)",
+        "fill": "INSERT INTO orders SELECT seq, 1 + seq MOD 50000, (seq * 37) MOD 100000 / 100, MD5(seq), "
+                "CONCAT(MD5(seq * 7), MD5(seq * 11), MD5(seq * 13)), '2026-01-01' + INTERVAL seq SECOND "
+                "FROM seq_{first}_to_{last}",
+        "native": "mariadb -e 'DROP DATABASE IF EXISTS scratch; CREATE DATABASE scratch'",
+        "native_run": "mariadb scratch < {dump}",
+        "native_drop": "mariadb -e 'DROP DATABASE scratch'",
+        "cleanup": "for d in $(mariadb -N -B -e \"SHOW DATABASES LIKE 'app__mayday_pre_%'\"); do "
+                   "mariadb -e \"DROP DATABASE $d\"; done",
+    },
+    "postgresql": {
+        "image": "mayday-lab-pg:latest", "group": "pg", "ext": "pgdump",
+        "ready": "runuser -u postgres -- psql -c 'SELECT 1'",
+        "sql": "runuser -u postgres -- psql -q -d app -c {q}", "admin": "runuser -u postgres -- psql -q -c {q}",
+        "create_table": "CREATE TABLE orders (id INT PRIMARY KEY, customer_id INT, amount NUMERIC(10,2), "
+                        "ref CHAR(32), note VARCHAR(200), created_at TIMESTAMP)",
+        "fill": "INSERT INTO orders SELECT g, 1 + g % 50000, (g * 37) % 100000 / 100.0, md5(g::text), "
+                "md5((g * 7)::text) || md5((g * 11)::text) || md5((g * 13)::text), "
+                "'2026-01-01'::timestamp + g * interval '1 second' FROM generate_series({first}, {last}) g",
+        "native": "runuser -u postgres -- psql -q -c 'DROP DATABASE IF EXISTS scratch' -c 'CREATE DATABASE scratch'",
+        "native_run": "runuser -u postgres -- pg_restore --no-owner --exit-on-error -d scratch < {dump}",
+        "native_drop": "runuser -u postgres -- psql -q -c 'DROP DATABASE scratch'",
+        "cleanup": "for d in $(runuser -u postgres -- psql -At -c \"SELECT datname FROM pg_database "
+                   "WHERE datname LIKE 'app__mayday_pre_%'\"); do runuser -u postgres -- psql -q -c "
+                   "\"DROP DATABASE \\\"$d\\\"\"; done",
+    },
+}
 NAME = "mayday-bench-db1"
 SYSTEMD = ["--cap-add", "SYS_ADMIN", "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
            "--tmpfs", "/run", "--tmpfs", "/run/lock", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:ro"]
@@ -44,33 +79,29 @@ def inside(script: str) -> str:
     return sh(DOCKER, "exec", NAME, "bash", "-c", script).stdout
 
 
-def start_container() -> None:
+def start_container(eng: dict) -> None:
     subprocess.run([DOCKER, "rm", "-f", NAME], capture_output=True, check=False)
-    sh(DOCKER, "run", "-d", "--name", NAME, "--hostname", "bench-db1", *SYSTEMD, "mayday-lab-db:latest")
+    sh(DOCKER, "run", "-d", "--name", NAME, "--hostname", "bench-db1", *SYSTEMD, eng["image"])
     for _ in range(120):
-        state = subprocess.run([DOCKER, "exec", NAME, "mariadb", "-e", "SELECT 1"], capture_output=True, check=False)
+        state = subprocess.run([DOCKER, "exec", NAME, "bash", "-c", eng["ready"]], capture_output=True, check=False)
         if state.returncode == 0:
             return
         time.sleep(0.5)
-    raise SystemExit("bench container did not start MariaDB")
+    raise SystemExit("bench container did not start its database")
 
 
-def load_data(rows: int) -> None:
-    inside("mariadb -e 'CREATE DATABASE app'")
-    inside("mariadb app -e \"CREATE TABLE orders (id INT PRIMARY KEY, customer_id INT, amount DECIMAL(10,2), "
-           "ref CHAR(32), note VARCHAR(200), created_at DATETIME)\"")
+def load_data(eng: dict, rows: int) -> None:
     step = 500_000
+    inside(eng["sql"].format(q=shlex.quote(eng["create_table"])))
     for first in range(1, rows + 1, step):
         last = min(rows, first + step - 1)
-        inside(f"mariadb app -e \"INSERT INTO orders SELECT seq, 1 + seq MOD 50000, (seq * 37) MOD 100000 / 100, "
-               f"MD5(seq), CONCAT(MD5(seq * 7), MD5(seq * 11), MD5(seq * 13)), "
-               f"'2026-01-01' + INTERVAL seq SECOND FROM seq_{first}_to_{last}\"")
+        inside(eng["sql"].format(q=shlex.quote(eng["fill"].format(first=first, last=last))))
 
 
-def inventory(where: Path) -> Path:
+def inventory(where: Path, eng: dict) -> Path:
     inv = where / "bench-inventory"
     inv.mkdir()
-    (inv / "hosts.yml").write_text(f"all:\n  children:\n    db:\n      hosts:\n        bench-db1:\n"
+    (inv / "hosts.yml").write_text(f"all:\n  children:\n    {eng['group']}:\n      hosts:\n        bench-db1:\n"
                                    f"          ansible_host: {NAME}\n")
     (inv / "group_vars").symlink_to(ROOT / "inventories" / "lab" / "group_vars")
     return inv
@@ -80,15 +111,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=2_000_000, help="rows in the benchmark table")
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds of each job")
+    ap.add_argument("--engine", choices=sorted(ENGINES), default="mariadb")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mayday-dbbench-"))
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), MAYDAY_STATE_DIR=str(work / "state"))
     try:
-        start_container()
-        load_data(args.rows)
-        inv = inventory(work)
+        eng = ENGINES[args.engine]
+        start_container(eng)
+        inv = inventory(work, eng)
+        # The lab's set-up gives the container its app database (and, for PostgreSQL, pgbouncer).
+        sh(str(BIN / "ansible-playbook"), "-i", str(inv), str(ROOT / "playbooks" / "lab" / "setup.yml"), env=env,
+           cwd=ROOT)
+        load_data(eng, args.rows)
         sh(str(BIN / "ansible-playbook"), "-i", str(inv), str(ROOT / "playbooks" / "db-backup.yml"), env=env, cwd=ROOT)
-        manifest = json.loads(inside("cat /var/backups/mayday/mariadb-app-*[0-9]Z.manifest.json | head -c 100000"))
+        manifest = json.loads(inside(f"cat /var/backups/mayday/{args.engine}-app-*[0-9]Z.manifest.json"))
         dump = f"/var/backups/mayday/{manifest['file']}"
         print(f"dump {manifest['file']}: {manifest['size'] / 1e6:.0f} MB, "
               f"{sum(t['rows'] for t in manifest['tables'].values())} rows", flush=True)
@@ -98,16 +134,15 @@ def main() -> None:
         for round_no in range(args.rounds):
             for job in (["native", "mayday"] if round_no % 2 == 0 else ["mayday", "native"]):
                 if job == "native":
-                    inside("mariadb -e 'DROP DATABASE IF EXISTS scratch; CREATE DATABASE scratch'")
+                    inside(eng["native"])
                     t0 = time.monotonic()
-                    inside(f"mariadb scratch < {dump}")
+                    inside(eng["native_run"].format(dump=dump))
                     native.append(time.monotonic() - t0)
-                    inside("mariadb -e 'DROP DATABASE scratch'")
+                    inside(eng["native_drop"])
                     continue
                 # A bad migration, and room on disk: drop what earlier rounds kept (not timed).
-                inside("mariadb app -e 'UPDATE orders SET amount = 0 WHERE id % 9 = 0'; "
-                       "for d in $(mariadb -N -B -e \"SHOW DATABASES LIKE 'app__mayday_pre_%'\"); do "
-                       "mariadb -e \"DROP DATABASE $d\"; done; rm -f /var/backups/mayday/*-safety*")
+                inside(eng["sql"].format(q=shlex.quote("UPDATE orders SET amount = 0 WHERE id % 9 = 0")))
+                inside(eng["cleanup"] + "; rm -f /var/backups/mayday/*-safety*")
                 t0 = time.monotonic()
                 sh(str(BIN / "ansible-playbook"), "-i", str(inv), str(ROOT / "playbooks" / "db-restore.yml"),
                    env=env, cwd=ROOT)
@@ -121,7 +156,8 @@ def main() -> None:
         restore_key = next(k for k in phases if k.startswith("restore "))
         med_native, med_whole = statistics.median(native), statistics.median(whole)
         med_restore = statistics.median(phases[restore_key])
-        print(f"native restore (mariadb < dump): median {med_native:.1f} s  runs {[round(x, 1) for x in native]}")
+        tool = eng["native_run"].split(" <")[0]
+        print(f"native restore ({tool}): median {med_native:.1f} s  runs {[round(x, 1) for x in native]}")
         print(f"mayday whole job (ansible-playbook db-restore.yml): median {med_whole:.1f} s  "
               f"runs {[round(x, 1) for x in whole]}")
         for name, values in phases.items():

@@ -14,10 +14,17 @@ import re
 import shutil
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 SHADOW_SUFFIX = "__mayday_shadow"
 STATE_FILE = ".mayday-write-stop.json"  # what we stopped, so an interrupted run can undo it
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,47}$")
+
+
+try:
+    from ansible.module_utils.mayday_steps import Steps
+except ImportError:  # imported directly (unit tests)
+    from mayday_steps import Steps  # type: ignore[no-redef]
 
 
 class DbError(Exception):
@@ -76,14 +83,21 @@ class Postgres:
                         "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1", db)
         return [r[0] for r in rows]
 
-    def fingerprint(self, db):
+    def fingerprint(self, db, counts_only=False):
+        # Order-independent: the sum of each row's md5 cut to 60 bits (no sort of millions of hashes).
         result = {}
         for table in self.tables(db):
+            if counts_only:
+                result[table] = {"rows": int(self.sql(f"SELECT count(*) FROM {table}", db)[0][0])}
+                continue
             count, digest = self.sql(
-                f"SELECT count(*), coalesce(md5(string_agg(h, '' ORDER BY h)), '') "
-                f"FROM (SELECT md5(t::text) AS h FROM {table} t) s", db)[0]
+                f"SELECT count(*), coalesce(sum(('x' || left(md5(t::text), 15))::bit(60)::bigint), 0) "
+                f"FROM {table} t", db)[0]
             result[table] = {"rows": int(count), "checksum": digest}
         return result
+
+    def identity(self, db):
+        return self.sql(f"SELECT oid FROM pg_database WHERE datname = '{check_name(db)}'")[0][0]
 
     def dump(self, db, path):
         with open(path, "wb") as handle:
@@ -155,13 +169,20 @@ class MariaDB:
                         f"AND table_schema = '{check_name(db)}' ORDER BY 1")
         return [r[0] for r in rows]
 
-    def fingerprint(self, db):
+    def fingerprint(self, db, counts_only=False):
         result = {}
         for table in self.tables(db):
             count = self.sql(f"SELECT count(*) FROM `{db}`.`{table}`")[0][0]
-            checksum = self.sql(f"CHECKSUM TABLE `{db}`.`{table}` EXTENDED")[0][1]
-            result[table] = {"rows": int(count), "checksum": checksum}
+            result[table] = {"rows": int(count)}
+            if not counts_only:
+                result[table]["checksum"] = self.sql(f"CHECKSUM TABLE `{db}`.`{table}` EXTENDED")[0][1]
         return result
+
+    def identity(self, db):
+        # Tables keep their id when RENAME TABLE moves them: the live tables are the verified ones.
+        rows = self.sql("SELECT group_concat(table_id ORDER BY name) FROM information_schema.innodb_sys_tables "
+                        f"WHERE name LIKE '{check_name(db)}/%'")
+        return rows[0][0] if rows else ""
 
     def dump(self, db, path):
         with open(path, "wb") as handle:
@@ -333,13 +354,27 @@ def restore(params, steps, check_mode=False):
         return {"backup": manifest["id"], "changed": False}
     if eng.exists(shadow):
         steps.run("drop the shadow left by an interrupted run", eng.drop, shadow)
-    safety = steps.run("safety backup of the live database", backup, params, "safety")
-    steps.run(f"restore {manifest['id']} into {shadow}", eng.restore_into, path, shadow)
+    # The safety backup reads the live database while the restore writes the shadow: both must
+    # finish (and the safety backup succeed) before anything about the live database changes.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        safety_job = pool.submit(Steps.timed, "safety backup of the live database", backup, params, "safety")
+        restore_error: Exception | None = None
+        try:
+            steps.run(f"restore {manifest['id']} into {shadow}", eng.restore_into, path, shadow)
+        except DbError as exc:
+            restore_error = exc
+        safety_step, safety, safety_error = safety_job.result()
+    steps.items.append(safety_step)
+    failure = safety_error or restore_error
+    if failure is not None:
+        eng.drop(shadow)
+        raise failure
     problems = steps.run("verify the shadow against the manifest",
                          lambda: compare(manifest["tables"], eng.fingerprint(shadow)))
     if problems:
         eng.drop(shadow)
         raise DbError("restored copy does not match the backup: " + "; ".join(problems[:5]))
+    verified = eng.identity(shadow)
     keep_as = f"{db}__mayday_pre_{stamp()}"
     try:
         steps.run("stop writes", eng.stop_writes, db, marker)
@@ -347,8 +382,11 @@ def restore(params, steps, check_mode=False):
             steps.run(f"swap in the restored database (old one kept as {keep_as})", eng.swap, db, shadow, keep_as)
         finally:
             steps.run("resume writes", eng.resume_writes, db, marker)
-        problems = steps.run("verify the live database against the manifest",
-                             lambda: compare(manifest["tables"], eng.fingerprint(db)))
+        # The live database must be the very one verified above, with every row count in place.
+        problems = steps.run("verify the live database is the verified copy (identity, row counts)", lambda: (
+            ([] if eng.identity(db) == verified else ["the live database is not the verified copy"])
+            + compare({t: {"rows": v["rows"]} for t, v in manifest["tables"].items()},
+                      eng.fingerprint(db, counts_only=True))))
         if problems:
             raise DbError("live database does not match the backup after the swap: " + "; ".join(problems[:5]))
     except DbError as exc:

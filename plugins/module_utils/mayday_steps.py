@@ -27,6 +27,16 @@ class Steps:
                            "result": "failed" if failed else "ok", "detail": detail})
         return detail
 
+    @staticmethod
+    def timed(name, func, *args, **kwargs):
+        """Run func for another thread: returns (step, value, error) instead of raising."""
+        steps = Steps()
+        try:
+            value = steps.run(name, func, *args, **kwargs)
+        except Exception as exc:
+            return steps.items[0], None, exc
+        return steps.items[0], value, None
+
     def skip(self, name, why):
         self.items.append({"step": name, "started": utc_now(), "duration_s": 0.0, "result": "skipped",
                            "detail": why})
