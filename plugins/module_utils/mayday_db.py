@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 SHADOW_SUFFIX = "__mayday_shadow"
 STATE_FILE = ".mayday-write-stop.json"  # what we stopped, so an interrupted run can undo it
+BESIDE = ["nice", "-n", "10"]  # a job that runs beside the restore, at lower CPU priority
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,47}$")
 
 
@@ -99,9 +100,11 @@ class Postgres:
     def identity(self, db):
         return self.sql(f"SELECT oid FROM pg_database WHERE datname = '{check_name(db)}'")[0][0]
 
-    def dump(self, db, path):
+    def dump(self, db, path, fast=False):
+        # A safety backup runs beside the restore: no compression, and it yields the CPU to it.
         with open(path, "wb") as handle:
-            run([*self.as_admin, "pg_dump", "-Fc", "-Z", "1", db], stdout=handle)
+            run([*(BESIDE if fast else []), *self.as_admin, "pg_dump", "-Fc", "-Z", "0" if fast else "1", db],
+                stdout=handle)
 
     def readable(self, path):
         with open(path, "rb") as handle:
@@ -184,10 +187,10 @@ class MariaDB:
                         f"WHERE name LIKE '{check_name(db)}/%'")
         return rows[0][0] if rows else ""
 
-    def dump(self, db, path):
+    def dump(self, db, path, fast=False):
         with open(path, "wb") as handle:
-            run(["mariadb-dump", "--single-transaction", "--quick", "--routines", "--triggers",
-                 "--hex-blob", "--skip-dump-date", db], stdout=handle)
+            run([*(BESIDE if fast else []), "mariadb-dump", "--single-transaction", "--quick", "--routines",
+                 "--triggers", "--hex-blob", "--skip-dump-date", db], stdout=handle)
 
     def readable(self, path):
         with open(path, "rb") as handle:
@@ -268,7 +271,7 @@ def backup(params, kind="backup"):
     path = os.path.join(backup_dir, f"{backup_id}.{eng.ext}")
     t0 = time.monotonic()
     tmp = path + ".partial"
-    eng.dump(db, tmp)
+    eng.dump(db, tmp, fast=kind == "safety")
     os.replace(tmp, path)
     manifest = {
         "id": backup_id, "kind": kind, "time": stamp(), "engine": eng.engine, "database": db,

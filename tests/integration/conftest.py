@@ -60,3 +60,26 @@ def broken_lab(lab: dict[str, str], mayday: Mayday) -> Mayday:
         doc = health(host)
         assert doc.get("status") == "unhealthy" and doc.get("version") == "v2", f"{host} not broken: {doc}"
     return mayday
+
+
+@pytest.fixture(scope="session")
+def lab_up() -> None:
+    """`mayday lab up` (which also runs playbooks/lab/setup.yml), without deploying any release: for
+    tests that only touch the database hosts."""
+    up = subprocess.run([MAYDAY, "lab", "up"], cwd=ROOT, env=base_env(), capture_output=True, text=True,
+                        check=False, timeout=1800)
+    assert up.returncode == 0, f"mayday lab up failed:\n{up.stdout}\n{up.stderr}"
+    ensure_running()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Lists what tests recorded with record_property("mayday_outcome", ...), e.g. which side of an
+    interrupted restore the live database was found on."""
+    lines = [f"{report.nodeid}: {value}"
+             for reports in terminalreporter.stats.values() for report in reports
+             if getattr(report, "when", None) == "call"
+             for name, value in getattr(report, "user_properties", []) if name == "mayday_outcome"]
+    if lines:
+        terminalreporter.write_sep("-", "mayday outcomes")
+        for line in sorted(lines):
+            terminalreporter.write_line(line)

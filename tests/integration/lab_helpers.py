@@ -177,3 +177,118 @@ def reset_lab(good_db_ini: dict[str, str]) -> None:
     if db_ini_digests() != good_db_ini:
         run_setup_playbook()
         assert db_ini_digests() == good_db_ini, "setup.yml did not restore /etc/mayday-app/db.ini"
+
+
+# --- databases: db1 (MariaDB) and pg1 (PostgreSQL + pgbouncer) ---------------------------------
+
+PG_HOST = "pg1"
+BACKUP_DIR = "/var/backups/mayday"
+SHADOW_DB = "app__mayday_shadow"
+KEPT_DB_PREFIX = "app__mayday_pre_"
+# What a restore runs on the database host: the module (python3) and the tools it starts.
+RESTORE_COMMANDS = frozenset({"python3", "mariadb", "mysql", "mariadb-dump", "mysqldump", "pg_restore", "pg_dump",
+                              "psql"})
+
+
+@dataclass(frozen=True)
+class LabDb:
+    """The `app` database of one lab database host, inspected with the engine's own client."""
+
+    engine: str  # mariadb | postgresql
+    host: str
+    table: str  # the big table the fingerprint covers
+    key: str  # its primary key, the fingerprint's row order
+    database: str = "app"
+
+    @property
+    def container(self) -> str:
+        return PREFIX + self.host
+
+    def client(self, db: str | None = None) -> list[str]:
+        """argv of the SQL client: tab-separated rows, no headers; db None is the server itself."""
+        if self.engine == "mariadb":
+            return ["mariadb", "--batch", "--skip-column-names", *([db] if db else [])]
+        return ["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1",
+                "-d", db or "postgres"]
+
+    def sql(self, query: str, db: str | None = None, check: bool = True, timeout: float = 120) -> str:
+        return docker("exec", self.container, *self.client(db), "-c" if self.engine == "postgresql" else "-e",
+                      query, check=check, timeout=timeout).stdout
+
+    def bash(self, script: str, check: bool = True, timeout: float = 120) -> str:
+        return docker("exec", self.container, "bash", "-o", "pipefail", "-euc", script, check=check,
+                      timeout=timeout).stdout
+
+    def answers(self) -> bool:
+        out = docker("exec", self.container, *self.client(), "-c" if self.engine == "postgresql" else "-e",
+                     "SELECT 1", check=False, timeout=15)
+        return out.returncode == 0 and out.stdout.strip() == "1"
+
+    def databases(self) -> list[str]:
+        if self.engine == "mariadb":
+            return self.sql("SELECT schema_name FROM information_schema.schemata ORDER BY 1").split()
+        return self.sql("SELECT datname FROM pg_database ORDER BY 1").split()
+
+    def exists(self, name: str) -> bool:
+        if self.engine == "mariadb":
+            return bool(self.sql(f"SELECT 1 FROM information_schema.schemata WHERE schema_name = '{name}'",
+                                 timeout=15).strip())
+        return bool(self.sql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'", timeout=15).strip())
+
+    def writable(self) -> bool:
+        """MariaDB: @@read_only is off; PostgreSQL: the live database accepts connections."""
+        if self.engine == "mariadb":
+            return self.sql("SELECT @@global.read_only").strip() == "0"
+        return self.sql(f"SELECT datallowconn FROM pg_database WHERE datname = '{self.database}'").strip() == "t"
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Columns, row count and md5 over every row of the big table in key order."""
+        if self.engine == "mariadb":
+            columns = (f"SELECT GROUP_CONCAT(column_name ORDER BY ordinal_position) FROM information_schema.columns "
+                       f"WHERE table_schema = '{self.database}' AND table_name = '{self.table}'")
+            script = (f'mariadb -N -B -e "{columns}"\n'
+                      f'mariadb -N -B {self.database} -e "SELECT COUNT(*) FROM {self.table}"\n'
+                      f'mariadb -N -B {self.database} -e "SELECT * FROM {self.table} ORDER BY {self.key}" | md5sum\n')
+        else:
+            psql = f"runuser -u postgres -- psql -X -q -A -t -v ON_ERROR_STOP=1 -d {self.database}"
+            columns = (f"SELECT string_agg(column_name::text, ',' ORDER BY ordinal_position) "
+                       f"FROM information_schema.columns WHERE table_schema = 'public' AND table_name = '{self.table}'")
+            script = (f'{psql} -c "{columns}"\n'
+                      f'{psql} -c "SELECT count(*) FROM {self.table}"\n'
+                      f'{psql} -c "COPY (SELECT * FROM {self.table} ORDER BY {self.key}) TO STDOUT" | md5sum\n')
+        lines = self.bash(script).splitlines()
+        assert len(lines) == 3, f"unexpected fingerprint output from {self.host}: {lines}"
+        return {"columns": lines[0].strip(), "rows": int(lines[1]), "md5": lines[2].split()[0]}
+
+    def restore_processes(self) -> list[str]:
+        """Processes of a restore still running on the host (the module and the tools it runs)."""
+        out = docker("exec", self.container, "ps", "-eo", "pid=,comm=,args=", timeout=15).stdout
+        return [line.strip() for line in out.splitlines()
+                if len(line.split(None, 2)) > 1 and line.split(None, 2)[1] in RESTORE_COMMANDS]
+
+    def manifests(self) -> list[dict[str, Any]]:
+        """Every backup manifest in the backup directory, oldest first."""
+        out = self.bash(f"cd {BACKUP_DIR} 2>/dev/null || exit 0; for f in *.manifest.json; do "
+                        "[ -e \"$f\" ] || continue; tr -d '\\n' < \"$f\"; echo; done")
+        found = [json.loads(line) for line in out.splitlines() if line.strip()]
+        return sorted(found, key=lambda m: (m.get("time", ""), m.get("id", "")))
+
+
+MARIADB = LabDb("mariadb", DB_HOST, "orders", "id")
+POSTGRES = LabDb("postgresql", PG_HOST, "pgbench_accounts", "aid")
+LAB_DBS = {db.engine: db for db in (MARIADB, POSTGRES)}
+
+
+def wait_db_answers(db: LabDb, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not db.answers():
+        assert time.monotonic() < deadline, f"{db.engine} on {db.host} did not answer within {timeout:.0f} s"
+        time.sleep(0.5)
+
+
+def start_playbook(playbook: str, env: dict[str, str], *args: str, log: Path) -> subprocess.Popen[bytes]:
+    """ansible-playbook in the background, in its own process group (killed with os.killpg)."""
+    with open(log, "wb") as handle:
+        return subprocess.Popen([ANSIBLE_PLAYBOOK, str(ROOT / "playbooks" / playbook), *args], cwd=ROOT, env=env,
+                                stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
+                                start_new_session=True)
