@@ -7,6 +7,7 @@
 # or entirely the restored one. The database it replaces is kept, renamed, never dropped.
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -271,7 +272,12 @@ def backup(params, kind="backup"):
     path = os.path.join(backup_dir, f"{backup_id}.{eng.ext}")
     t0 = time.monotonic()
     tmp = path + ".partial"
-    eng.dump(db, tmp, fast=kind == "safety")
+    try:
+        eng.dump(db, tmp, fast=kind == "safety")
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
     os.replace(tmp, path)
     manifest = {
         "id": backup_id, "kind": kind, "time": stamp(), "engine": eng.engine, "database": db,
@@ -343,6 +349,17 @@ def compare(expected, actual):
 
 
 def restore(params, steps, check_mode=False):
+    """One restore at a time on this host (a controller killed mid-run leaves its restore running)."""
+    os.makedirs(params["backup_dir"], mode=0o700, exist_ok=True)
+    with open(os.path.join(params["backup_dir"], ".mayday-restore.lock"), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise DbError("another restore is still running on this host; wait for it, then run again") from exc
+        return _restore(params, steps, check_mode)
+
+
+def _restore(params, steps, check_mode=False):
     """Verify, safety backup, restore into shadow, verify, swap, verify. Returns a report dict."""
     eng = engine_for(params)
     db = check_name(params["database"])
@@ -357,6 +374,9 @@ def restore(params, steps, check_mode=False):
         return {"backup": manifest["id"], "changed": False}
     if eng.exists(shadow):
         steps.run("drop the shadow left by an interrupted run", eng.drop, shadow)
+    for name in sorted(os.listdir(params["backup_dir"])):
+        if name.startswith(f"{eng.engine}-{db}-") and name.endswith(".partial"):
+            steps.run(f"remove {name} left by an interrupted run", os.unlink, os.path.join(params["backup_dir"], name))
     # The safety backup reads the live database while the restore writes the shadow: both must
     # finish (and the safety backup succeed) before anything about the live database changes.
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -380,8 +400,8 @@ def restore(params, steps, check_mode=False):
     verified = eng.identity(shadow)
     keep_as = f"{db}__mayday_pre_{stamp()}"
     try:
-        steps.run("stop writes", eng.stop_writes, db, marker)
         try:
+            steps.run("stop writes", eng.stop_writes, db, marker)
             steps.run(f"swap in the restored database (old one kept as {keep_as})", eng.swap, db, shadow, keep_as)
         finally:
             steps.run("resume writes", eng.resume_writes, db, marker)

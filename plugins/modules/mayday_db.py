@@ -88,7 +88,7 @@ def main():
             if isinstance(step["detail"], dict):
                 step["detail"] = step["detail"].get("id", "")
         # refused: nothing about the live database was changed (exit 2 from the CLI).
-        module.fail_json(msg=str(exc), refused=not exc.live_touched, steps=steps.items)
+        module.fail_json(msg=str(exc), steps=steps.items, **({} if exc.live_touched else {"refused": True}))
 
 
 if __name__ == "__main__":

@@ -376,6 +376,15 @@ def test_webhook_rows_saved_then_deleted(mayday: Mayday) -> None:
     assert len(rows) == 180
     files_before = backup_files(db)
 
+    try:
+        check_webhook_purge(db, mayday, rows, files_before)
+    finally:  # the saved rows are this test's: remove the file(s) the run wrote
+        written = sorted(f for f in backup_files(db) - files_before if f.startswith("webhook-"))
+        if written:
+            db.bash(f"cd {BACKUP_DIR} && rm -f -- " + " ".join(written))
+
+
+def check_webhook_purge(db: LabDb, mayday: Mayday, rows: dict[int, dict[str, Any]], files_before: set[str]) -> None:
     result = mayday.run("level2", "--component", "webhook", "--minutes", "60", "--limit", db.host)
     assert result.returncode == 0, output(result)
     report = mayday.last_report()
@@ -391,14 +400,11 @@ def test_webhook_rows_saved_then_deleted(mayday: Mayday) -> None:
     new_files = sorted(backup_files(db) - files_before)
     assert len(new_files) == 1 and new_files[0].startswith("webhook-app-webhook_events-"), new_files
     saved_path = f"{BACKUP_DIR}/{new_files[0]}"
-    try:
-        assert purge["files"] == [saved_path], purge
-        assert db.bash(f"stat -c %a {saved_path}").strip() == "600"
-        saved = [json.loads(line) for line in db.bash(f"cat {saved_path}").splitlines() if line.strip()]
-        assert sorted(r["id"] for r in saved) == sorted(young), "the file must hold exactly the deleted rows"
-        for row in saved:
-            want = rows[row["id"]]
-            assert (row["endpoint"], row["payload"], row["created_at"]) == (
-                want["endpoint"], want["payload"], want["created_at"]), row
-    finally:
-        db.bash(f"rm -f -- {saved_path}")
+    assert purge["files"] == [saved_path], purge
+    assert db.bash(f"stat -c %a {saved_path}").strip() == "600"
+    saved = [json.loads(line) for line in db.bash(f"cat {saved_path}").splitlines() if line.strip()]
+    assert sorted(r["id"] for r in saved) == sorted(young), "the file must hold exactly the deleted rows"
+    for row in saved:
+        want = rows[row["id"]]
+        assert (row["endpoint"], row["payload"], row["created_at"]) == (
+            want["endpoint"], want["payload"], want["created_at"]), row
