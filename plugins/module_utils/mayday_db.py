@@ -86,14 +86,15 @@ class Postgres:
         return [r[0] for r in rows]
 
     def fingerprint(self, db, counts_only=False):
-        # Order-independent: the sum of each row's md5 cut to 60 bits (no sort of millions of hashes).
+        # Order-independent (no sort of millions of hashes): the sum of each row's 64-bit hash. The hash
+        # is PostgreSQL's own, so checksums compare within one major version (restores are on the same server).
         result = {}
         for table in self.tables(db):
             if counts_only:
                 result[table] = {"rows": int(self.sql(f"SELECT count(*) FROM {table}", db)[0][0])}
                 continue
             count, digest = self.sql(
-                f"SELECT count(*), coalesce(sum(('x' || left(md5(t::text), 15))::bit(60)::bigint), 0) "
+                f"SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)::numeric), 0) "
                 f"FROM {table} t", db)[0]
             result[table] = {"rows": int(count), "checksum": digest}
         return result
@@ -381,22 +382,21 @@ def _restore(params, steps, check_mode=False):
     # finish (and the safety backup succeed) before anything about the live database changes.
     with ThreadPoolExecutor(max_workers=1) as pool:
         safety_job = pool.submit(Steps.timed, "safety backup of the live database", backup, params, "safety")
-        restore_error: Exception | None = None
+        failure: Exception | None = None
         try:
             steps.run(f"restore {manifest['id']} into {shadow}", eng.restore_into, path, shadow)
+            problems = steps.run("verify the shadow against the manifest",
+                                 lambda: compare(manifest["tables"], eng.fingerprint(shadow)))
+            if problems:
+                failure = DbError("restored copy does not match the backup: " + "; ".join(problems[:5]))
         except DbError as exc:
-            restore_error = exc
+            failure = exc
         safety_step, safety, safety_error = safety_job.result()
     steps.items.append(safety_step)
-    failure = safety_error or restore_error
+    failure = safety_error or failure
     if failure is not None:
         eng.drop(shadow)
         raise failure
-    problems = steps.run("verify the shadow against the manifest",
-                         lambda: compare(manifest["tables"], eng.fingerprint(shadow)))
-    if problems:
-        eng.drop(shadow)
-        raise DbError("restored copy does not match the backup: " + "; ".join(problems[:5]))
     verified = eng.identity(shadow)
     keep_as = f"{db}__mayday_pre_{stamp()}"
     try:
