@@ -20,7 +20,7 @@ if ! "$docker_cli" info >/dev/null 2>&1; then
   echo "host-deps: starting dockerd"
   mkdir -p /var/log
   nohup dockerd >/var/log/mayday-dockerd.log 2>&1 &
-  for _ in $(seq 1 60); do
+  for _ in $(seq 1 240); do  # up to 2 minutes: an engine killed uncleanly takes longer to come back
     "$docker_cli" info >/dev/null 2>&1 && break
     sleep 0.5
   done
