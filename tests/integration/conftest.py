@@ -70,6 +70,14 @@ def lab_up() -> None:
                         check=False, timeout=1800)
     assert up.returncode == 0, f"mayday lab up failed:\n{up.stdout}\n{up.stderr}"
     ensure_running()
+    # A database restore ends by checking the app: give it a healthy release to check.
+    health = subprocess.run(["/usr/bin/docker", "exec", "mayday-lab-web1", "curl", "-s", "-o", "/dev/null", "-w",
+                             "%{http_code}", "http://127.0.0.1/health-check"], capture_output=True, text=True,
+                            check=False)
+    if health.stdout != "200":
+        deploy = subprocess.run([MAYDAY, "lab", "deploy", "--release", "v1"], cwd=ROOT, env=base_env(),
+                                capture_output=True, text=True, check=False, timeout=600)
+        assert deploy.returncode == 0, f"mayday lab deploy failed:\n{deploy.stdout}\n{deploy.stderr}"
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
