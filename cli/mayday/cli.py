@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -115,8 +116,6 @@ BACKUP_ID = r"^(latest|[A-Za-z0-9][A-Za-z0-9._-]{0,127})$"
 
 
 def check_backup_id(backup: str) -> str:
-    import re
-
     if not re.match(BACKUP_ID, backup):
         raise BadInput(f"--backup {backup!r} is not a backup id; valid: latest or an id from `mayday backups`")
     return backup

@@ -105,6 +105,9 @@ class CallbackModule(CallbackBase):
     def v2_runner_on_failed(self, result, ignore_errors=False):
         self._record(result, "ignored" if ignore_errors else "failed")
 
+    def v2_runner_on_skipped(self, result):
+        self.task_started.pop((result._host.get_name(), result._task._uuid), None)  # not recorded
+
     def v2_runner_on_unreachable(self, result):
         self._record(result, "unreachable")
 

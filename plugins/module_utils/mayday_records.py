@@ -10,16 +10,13 @@ import socket
 import time
 from typing import Any
 
+from mayday_steps import utc_now  # controller side: module_utils is on sys.path
+
 OUTCOMES = ("RECOVERED", "NOOP", "FAILED", "REFUSED", "DRY-RUN")
 
 
 def state_dir() -> str:
     return os.path.abspath(os.environ.get("MAYDAY_STATE_DIR") or os.path.join(os.getcwd(), ".mayday"))
-
-
-def utc_now() -> str:
-    now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
 
 
 def parse_utc(stamp: str) -> float:
