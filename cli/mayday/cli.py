@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -14,9 +13,11 @@ from rich.console import Console
 
 from mayday import inventory as inv
 from mayday import lab as lab_mod
+from mayday import rules
 from mayday.errors import BadInput, MaydayError
 from mayday.history import load_runs
 from mayday.runner import Progress, RunResult, run_playbook
+from mayday.scenarios import SCENARIOS, Scenario
 
 err = Console(stderr=True, highlight=False)
 
@@ -54,7 +55,7 @@ def confirm_production(target: inv.Inventory, yes: bool, check: bool) -> bool:
     return True
 
 
-def run_scenario(playbook: str, extravars: dict[str, Any], inventory_name: str | None, limit: str | None,
+def run_scenario(scenario: Scenario, extravars: dict[str, Any], inventory_name: str | None, limit: str | None,
                  check: bool, yes: bool, as_json: bool) -> None:
     path = inv.resolve(inventory_name)
     if limit:
@@ -64,12 +65,25 @@ def run_scenario(playbook: str, extravars: dict[str, Any], inventory_name: str |
         target = inv.Inventory(path, [], {}, inv.environment_of(path))
     if confirm_production(target, yes, check):
         extravars["mayday_confirmed"] = True
-    result = run_playbook(playbook, path, extravars, limit=limit, check=check,
-                          on_progress=None if as_json else show_progress)
+    result = run_playbook(scenario.playbook, path, extravars, limit=limit, check=check,
+                          on_progress=None if as_json else show_progress, phases=list(scenario.phases))
     if result.incident is None and result.rc == 0:
         raise BadInput(f"no host of {path} matched the scenario's hosts{' and --limit ' + limit if limit else ''}")
-    summarize(result, as_json)
+    if scenario.name == "backup":
+        show_backups(result, as_json)
+    else:
+        summarize(result, as_json)
     sys.exit(result.exit_code)
+
+
+def show_backups(result: RunResult, as_json: bool) -> None:
+    taken = [r["manifest"] for r in result.results if "manifest" in r]
+    if as_json:
+        click.echo(json.dumps(dict(result.as_dict(), backups=taken), indent=2))
+        return
+    for m in taken:
+        click.echo(f"{m['id']}  {m['size']:>12} bytes  {sum(t['rows'] for t in m['tables'].values()):>10} rows")
+    summarize(result, False)
 
 
 def summarize(result: RunResult, as_json: bool) -> None:
@@ -78,7 +92,8 @@ def summarize(result: RunResult, as_json: bool) -> None:
         return
     report = result.report or {}
     outcome = report.get("outcome") or ("OK" if result.rc == 0 else "ERROR")
-    colour = {"RECOVERED": "green", "NOOP": "green", "DRY-RUN": "cyan", "REFUSED": "yellow"}.get(outcome, "red")
+    colours = {"RECOVERED": "green", "DONE": "green", "NOOP": "green", "DRY-RUN": "cyan", "REFUSED": "yellow"}
+    colour = colours.get(outcome, "red")
     err.print(f"\n[bold {colour}]{outcome}[/] in {result.duration_s:.1f}s  (run {result.run_id})")
     if report:
         err.print(report.get("summary") or "")
@@ -97,76 +112,33 @@ def cli() -> None:
     """Emergency response and rollback as code."""
 
 
-@cli.command()
-@target_options
-@click.option("--release", default=None, help="Roll back to this release id (default: the previous good one).")
-def level1(inventory_name: str | None, limit: str | None, check: bool, yes: bool, as_json: bool,
-           release: str | None) -> None:
-    """Level 1, production down: roll every web host back, restart services, verify, notify."""
-    extravars: dict[str, Any] = {}
-    if release is not None:
-        if not inv.RELEASE_ID.match(release):
-            raise BadInput(f"--release {release!r} is not a release id (letters, digits, '.', '_', '-')")
-        extravars["release"] = release
-    run_scenario("rollback-level1.yml", extravars, inventory_name, limit, check, yes, as_json)
+def scenario_command(scenario: Scenario) -> click.Command:
+    """A command for one entry of the scenario table: its options are the scenario's inputs."""
+
+    def run(inventory_name: str | None, limit: str | None, check: bool, yes: bool, as_json: bool,
+            **given: Any) -> None:
+        params, problems = rules.check_params(scenario.params, {**given, **scenario.fixed})
+        if problems:
+            raise BadInput("; ".join(problems))
+        extravars = {k: v for k, v in {**params, **scenario.fixed}.items() if v is not None}
+        run_scenario(scenario, extravars, inventory_name, limit, check, yes, as_json)
+
+    command = target_options(run)
+    for param in reversed(scenario.params):
+        option = "--" + param.name
+        if param.is_flag:
+            command = click.option(option, is_flag=True, default=None, help=param.help)(command)
+        elif param.choices:
+            command = click.option(option, default=None, help=param.help + " Valid: "
+                                   + ", ".join(param.choices()) + ".", required=param.required)(command)
+        else:
+            shown = f" [default: {param.default}]" if param.default not in (None, False) else ""
+            command = click.option(option, default=None, help=param.help + shown)(command)
+    return click.command(scenario.name, help=scenario.help)(command)
 
 
-LEVEL2_COMPONENTS = ["database", "api", "frontend", "webhook"]
-BACKUP_ID = r"^(latest|[A-Za-z0-9][A-Za-z0-9._-]{0,127})$"
-
-
-def check_backup_id(backup: str) -> str:
-    if not re.match(BACKUP_ID, backup):
-        raise BadInput(f"--backup {backup!r} is not a backup id; valid: latest or an id from `mayday backups`")
-    return backup
-
-
-@cli.command()
-@target_options
-@click.option("--component", required=True, type=click.Choice(LEVEL2_COMPONENTS),
-              help="The component to roll back.")
-@click.option("--backup", default="latest", show_default=True,
-              help="database: backup id; api, frontend: the deploy-time copy to restore.")
-@click.option("--minutes", default=60, show_default=True, type=click.IntRange(1, 7 * 24 * 60),
-              help="webhook: remove rows added in the last N minutes.")
-def level2(inventory_name: str | None, limit: str | None, check: bool, yes: bool, as_json: bool,
-           component: str, backup: str, minutes: int) -> None:
-    """Level 2, partial failure: roll one component back."""
-    extravars: dict[str, Any] = {"component": component}
-    if component in ("database", "api", "frontend"):
-        extravars["backup"] = check_backup_id(backup)
-    if component == "webhook":
-        extravars["minutes"] = minutes
-    run_scenario("rollback-level2.yml", extravars, inventory_name, limit, check, yes, as_json)
-
-
-@cli.command()
-@target_options
-@click.option("--backup", default="latest", show_default=True, help="Backup id to restore, or latest.")
-def restore(inventory_name: str | None, limit: str | None, check: bool, yes: bool, as_json: bool,
-            backup: str) -> None:
-    """Restore the database from a verified backup (interruption-safe)."""
-    run_scenario("db-restore.yml", {"backup": check_backup_id(backup)}, inventory_name, limit, check, yes, as_json)
-
-
-@cli.command("backup")
-@target_options
-def backup_cmd(inventory_name: str | None, limit: str | None, check: bool, yes: bool, as_json: bool) -> None:
-    """Back up every database host's database, with a manifest, then apply retention."""
-    path = inv.resolve(inventory_name)
-    if limit:
-        inv.load(path).check_limit(limit)
-    result = run_playbook("db-backup.yml", path, {}, limit=limit, check=check,
-                          on_progress=None if as_json else show_progress)
-    taken = [r["manifest"] for r in result.results if "manifest" in r]
-    if as_json:
-        click.echo(json.dumps({"rc": result.rc, "backups": taken, "failures": result.failures}, indent=2))
-    else:
-        for m in taken:
-            click.echo(f"{m['id']}  {m['size']:>12} bytes  {sum(t['rows'] for t in m['tables'].values()):>10} rows")
-        for failure in result.failures:
-            err.print(f"[red]- {failure}[/]")
-    sys.exit(0 if result.rc == 0 else 1)
+for _scenario in SCENARIOS.values():
+    cli.add_command(scenario_command(_scenario))
 
 
 @cli.command()

@@ -13,8 +13,7 @@ import yaml
 
 from mayday.errors import BadInput
 from mayday.paths import project_root
-
-RELEASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+from mayday.rules import RELEASE_ID  # noqa: F401  (the lab's deploy command checks ids with it)
 
 
 @dataclass

@@ -19,5 +19,15 @@ def project_root() -> Path:
 
 
 def state_dir() -> Path:
-    """Incident records and run artifacts: MAYDAY_STATE_DIR, else .mayday in the working directory."""
-    return Path(os.environ.get("MAYDAY_STATE_DIR") or Path.cwd() / ".mayday").resolve()
+    """Incident records, run artifacts and locks: MAYDAY_STATE_DIR, else .mayday in the checkout.
+
+    One place whatever the working directory, so a run from inside playbooks/, the CLI and AWX
+    leave their records side by side and see each other's locks.
+    """
+    env = os.environ.get("MAYDAY_STATE_DIR")
+    if env:
+        return Path(env).resolve()
+    try:
+        return project_root() / ".mayday"
+    except FileNotFoundError:
+        return (Path.cwd() / ".mayday").resolve()

@@ -14,12 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from mayday.outcomes import EXIT_CODES
 from mayday.paths import project_root, state_dir
-
-# Outcome recorded in the incident report -> CLI exit code.
-EXIT_CODES = {"RECOVERED": 0, "NOOP": 0, "DRY-RUN": 0, "REFUSED": 2, "FAILED": 1}
 
 
 @dataclass
@@ -74,15 +70,6 @@ class RunResult:
         }
 
 
-def playbook_phases(playbook: Path) -> list[str]:
-    plays = yaml.safe_load(playbook.read_text()) or []
-    for play in plays:
-        phases = (play.get("vars") or {}).get("mayday_phases")
-        if phases:
-            return list(phases)
-    return []
-
-
 def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
 
@@ -94,6 +81,7 @@ def run_playbook(
     limit: str | None = None,
     check: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
+    phases: list[str] | None = None,
 ) -> RunResult:
     import ansible_runner  # slow import: only when a run starts
 
@@ -103,7 +91,7 @@ def run_playbook(
     runs = states / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     run_id = new_run_id()
-    progress = Progress(phases=playbook_phases(book))
+    progress = Progress(phases=list(phases or []))
     failures: list[str] = []
     results: list[dict[str, Any]] = []
 

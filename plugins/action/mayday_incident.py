@@ -11,7 +11,8 @@ from ansible.plugins.action import ActionBase
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _mayday_path  # noqa: F401
-import mayday_records
+
+from mayday import records as mayday_records
 
 DOCUMENTATION = r"""
 action: mayday_incident

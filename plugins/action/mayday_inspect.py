@@ -12,22 +12,34 @@ from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The host-side planning rules (module_utils), imported here so both sides judge alike.
+sys.path.insert(1, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "module_utils"))
 import _mayday_path  # noqa: F401
 import mayday_http
-import mayday_records
 import mayday_release
+
+from mayday.records import utc_now
 
 DOCUMENTATION = r"""
 action: mayday_inspect
 short_description: Read release state, service states and health; change nothing
 options:
-  release: {description: Release layout as mayday_recover takes it; omit on hosts without releases.}
+  release:
+    description: >-
+      Release layout as mayday_recover takes it (root, layout, releases_dir, current_link, target,
+      force); omit on hosts without releases. force allows a named target that is marked failed.
   services: {description: Services whose state to read.}
   health: {description: Health checks to probe once.}
+notes:
+  - Result C(release) has layout, current, order (release ids, oldest deploy first, from
+    <root>/.mayday-deploy-history else the release directories' mtimes), failed (ids marked failed),
+    target, already_done, reason and refusal.
 """
 
 
 ANSWER_MARK = "@mayday-answer:"
+# Runs the probe read whole from stdin (so no command in it can read the rest of the script).
+PROBE_RUNNER = """/bin/sh -c 'eval "$(cat)"'"""
 
 
 def probe_script(release: dict | None, services: list[dict], health: list[dict]) -> str:
@@ -41,9 +53,19 @@ def probe_script(release: dict | None, services: list[dict], health: list[dict])
             current = os.path.join(root, release.get("current_link", "current"))
             lines.append(f'printf "current\\t%s\\n" "$(readlink {q(current)} 2>/dev/null)"')
             pattern = f"{q(os.path.join(root, release.get('releases_dir', 'releases')))}/*/"
+            # Deploy order, as SymlinkLayout reads it: a symlinked history is not ours.
+            history = q(os.path.join(root, mayday_release.HISTORY_FILE))
+            lines.append(
+                f"if [ -f {history} ] && [ ! -L {history} ]; then tail -n {mayday_release.HISTORY_LINES} {history} "
+                "| while IFS= read -r l || [ -n \"$l\" ]; do printf 'history\\t%s\\n' \"$l\"; done; fi")
+        # A marker that is a symlink is not a mayday marker (a release could ship one). Only an
+        # incident-id-shaped token is read from it, never the file's content.
         lines.append(
-            f'for d in {pattern}; do [ -d "$d" ] || continue; f=-; [ -e "$d.mayday-failed" ] && f=failed; '
-            'printf "release\\t%s\\t%s\\n" "$(basename "$d")" "$f"; done')
+            f'for d in {pattern}; do [ -d "$d" ] || continue; m="$d{mayday_release.FAILED_MARKER}"; f=-; i=; '
+            'if [ -f "$m" ] && [ ! -L "$m" ]; then f=failed; i=$(head -c 4096 "$m" 2>/dev/null '
+            "| sed -n 's/.*\"incident\": *\"\\([A-Za-z0-9._:-]*\\)\".*/\\1/p' | head -n 1); fi; "
+            """printf 'release\\t%s\\t%s\\t%s\\t%s\\n' "$(basename "$d")" "$f" """
+            """"$(stat -c %Y "$d" 2>/dev/null)" "$i"; done""")
     for service in services:
         name = q(service["name"])
         lines.append(f'printf "service\\t%s\\t%s\\n" {name} "$(systemctl is-active {name} 2>/dev/null)"')
@@ -60,15 +82,23 @@ def parse(stdout: str, release: dict | None, health: list[dict], checked_at: str
     state: dict = {"layout": (release or {}).get("layout", "symlink"), "releases": [], "current": None, "failed": {}}
     services: dict[str, str] = {}
     answers: dict[int, str] = {}
-    for line in stdout.splitlines():
+    history: list[str] = []
+    mtimes: dict[str, int] = {}
+    for line in stdout.split("\n"):  # as the host side splits the history: on newlines only
         kind, _, rest = line.partition("\t")
         if kind == "current":
             state["current"] = os.path.basename(os.path.normpath(rest)) if rest else None
+        elif kind == "history":
+            history.append(rest)
         elif kind == "release":
-            name, _, flag = rest.partition("\t")
+            name, flag, mtime, incident = ([*rest.split("\t"), "", "", ""])[:4]
             state["releases"].append(name)
+            try:
+                mtimes[name] = int(mtime)
+            except ValueError:  # no GNU/busybox stat on the host: order by history, then name
+                mtimes[name] = 0
             if flag == "failed" or name.startswith("upload_failed"):
-                state["failed"][name] = {}
+                state["failed"][name] = {"incident": incident} if incident else {}
         elif kind == "service":
             name, _, active = rest.partition("\t")
             services[name] = active or "unknown"
@@ -77,7 +107,7 @@ def parse(stdout: str, release: dict | None, health: list[dict], checked_at: str
             answers[int(position)] = answer
     if state["layout"] == "dirswap":
         state["current"] = "upload" if "upload" in state["releases"] else None
-    state["releases"].sort(key=mayday_release.natural_key)
+    state["releases"] = mayday_release.deploy_order(state["releases"], "\n".join(history), mtimes)
     results = []
     for number, check in enumerate(health):
         body, _, tail = answers.get(number, "").rpartition(" " + ANSWER_MARK)
@@ -90,6 +120,21 @@ def parse(stdout: str, release: dict | None, health: list[dict], checked_at: str
     return {"state": state, "services": services, "health": results}
 
 
+def judge(state: dict, release: dict) -> dict:
+    """The inspect result's `release`: the plan, plus the deploy order and failed ids, so a
+    controller-side verdict can list the valid choices."""
+    names = state["releases"]
+    verdict = {"layout": state["layout"], "current": state["current"], "order": list(names),
+               "failed": [n for n in names if n in state["failed"]], "refusal": None}
+    try:
+        target, done, reason = mayday_release.plan_for(
+            state, release.get("target") or None, mayday_release.is_true(release.get("force")))
+        verdict.update(target=target, already_done=done, reason=reason)
+    except mayday_release.ReleaseError as exc:
+        verdict["refusal"] = str(exc)
+    return verdict
+
+
 class ActionModule(ActionBase):
     _supports_check_mode = True
     TRANSFERS_FILES = False
@@ -100,19 +145,17 @@ class ActionModule(ActionBase):
         release = args.get("release") or None
         services = list(args.get("services") or [])
         health = list(args.get("health") or [])
-        checked_at = mayday_records.utc_now()
-        out = self._low_level_execute_command(probe_script(release, services, health), sudoable=True)
+        checked_at = utc_now()
+        # The probe goes on stdin, as pipelined modules do: a command without input that may become
+        # another user gets a pty from the ssh connection (-tt), which turns every \n of the answer
+        # into \r\n and mixes stderr into it.
+        out = self._low_level_execute_command(PROBE_RUNNER, in_data=probe_script(release, services, health).encode(),
+                                              sudoable=True)
         if out.get("rc") != 0:
             raise AnsibleActionFail(f"inspection failed on the host: {out.get('stderr', '').strip()[:300]}")
         seen = parse(out.get("stdout", ""), release, health, checked_at)
         if release:
-            state = dict(seen["state"], refusal=None)
-            try:
-                target, done, reason = mayday_release.plan_for(state, release.get("target") or None)
-                state.update(target=target, already_done=done, reason=reason)
-            except mayday_release.ReleaseError as exc:
-                state["refusal"] = str(exc)
-            result["release"] = state
+            result["release"] = judge(seen["state"], release)
         result.update(changed=False, services=seen["services"], health=seen["health"],
                       ok=all(h["ok"] for h in seen["health"]))
         return result

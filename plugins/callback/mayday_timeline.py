@@ -10,8 +10,10 @@ import uuid
 
 from ansible.plugins.callback import CallbackBase
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "module_utils"))
-import mayday_records
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "action"))
+import _mayday_path  # noqa: F401
+
+from mayday import records as mayday_records
 
 DOCUMENTATION = r"""
 name: mayday_timeline

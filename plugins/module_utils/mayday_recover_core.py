@@ -7,12 +7,12 @@ from __future__ import annotations
 
 try:
     from ansible.module_utils.mayday_http import probe
-    from ansible.module_utils.mayday_release import ReleaseError, layout_for
+    from ansible.module_utils.mayday_release import ReleaseError, is_true, layout_for
     from ansible.module_utils.mayday_service import ServiceError, restart
     from ansible.module_utils.mayday_steps import Steps
 except ImportError:  # imported directly (unit tests, controller)
     from mayday_http import probe  # type: ignore[no-redef]
-    from mayday_release import ReleaseError, layout_for  # type: ignore[no-redef]
+    from mayday_release import ReleaseError, is_true, layout_for  # type: ignore[no-redef]
     from mayday_service import ServiceError, restart  # type: ignore[no-redef]
     from mayday_steps import Steps  # type: ignore[no-redef]
 
@@ -53,7 +53,7 @@ def apply(params, check_mode=False):
     target = before = None
     if layout:
         try:
-            target, done, reason = layout.plan(release.get("target") or None)
+            target, done, reason = layout.plan(release.get("target") or None, force=is_true(release.get("force")))
         except ReleaseError as exc:
             raise Refused(str(exc)) from exc
         before = layout.state()["current"]

@@ -19,7 +19,9 @@ options:
   mode: {type: str, choices: [apply, restore], default: apply, description: What to do.}
   release:
     type: dict
-    description: Release layout (root, layout, releases_dir, current_link, target, keep_failed).
+    description: >-
+      Release layout (root, layout, releases_dir, current_link, target, keep_failed, force).
+      force allows a named target that is marked failed; without it that target is refused.
   services:
     type: list
     elements: dict

@@ -1,4 +1,4 @@
-"""mayday_records: incident ids, downtime measurement, reports and locks on a real state directory."""
+"""mayday.records: incident ids, downtime measurement, reports and locks on a real state directory."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import os
 import re
 import subprocess
 
-import mayday_records as records
 import pytest
+
+from mayday import records
 
 
 @pytest.fixture

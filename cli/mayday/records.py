@@ -1,5 +1,8 @@
-# Controller-side records: the state directory, incident timelines and reports, run records, locks.
-# Used by the mayday action and callback plugins (never shipped to hosts) and read by the CLI.
+"""Controller-side records: incident timelines and reports, run records, locks.
+
+Imported by the CLI, the action plugins and the timeline callback; never shipped to hosts.
+"""
+
 from __future__ import annotations
 
 import calendar
@@ -10,13 +13,17 @@ import socket
 import time
 from typing import Any
 
-from mayday_steps import utc_now  # controller side: module_utils is on sys.path
+from mayday.outcomes import OUTCOMES  # noqa: F401  (re-exported: the incident action checks outcomes)
+from mayday.paths import state_dir as _state_path
 
-OUTCOMES = ("RECOVERED", "NOOP", "FAILED", "REFUSED", "DRY-RUN")
+
+def utc_now() -> str:
+    now = time.time()  # one reading, so the milliseconds belong to the same second
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
 
 
 def state_dir() -> str:
-    return os.path.abspath(os.environ.get("MAYDAY_STATE_DIR") or os.path.join(os.getcwd(), ".mayday"))
+    return str(_state_path())
 
 
 def parse_utc(stamp: str) -> float:
@@ -234,6 +241,17 @@ def acquire_lock(inventory_sources: list[str], owner: dict[str, Any]) -> dict[st
             os.unlink(tmp)
         return {"acquired": True, "holder": record, "stale_replaced": stale}
     return {"acquired": False, "holder": {}, "stale_replaced": stale}
+
+
+def lock_holder(inventory_sources: list[str]) -> dict[str, Any] | None:
+    """Who holds the lock, without taking it (dry runs); None when free or stale."""
+    try:
+        holder = read_json(lock_path(inventory_sources))
+    except (OSError, ValueError):
+        return None
+    if holder.get("host") == socket.gethostname() and not _alive(int(holder.get("pid") or 0)):
+        return None
+    return holder
 
 
 def release_lock(inventory_sources: list[str], pid: int) -> bool:

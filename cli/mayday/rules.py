@@ -1,0 +1,136 @@
+"""Input rules: one definition of every id pattern and parameter check.
+
+The CLI checks its options with these before a run; the scenario skeleton checks the playbook's
+extra vars with the same functions before any host is touched, so plain ansible-playbook and AWX
+get the same refusals and messages as the CLI.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mayday.paths import PACKAGE_DIR
+
+RELEASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+BACKUP_ID = re.compile(r"^(latest|[A-Za-z0-9][A-Za-z0-9._-]{0,127})$")
+MINUTES_RANGE = (1, 7 * 24 * 60)
+TRUE_WORDS = {"true", "yes", "on", "1"}
+FALSE_WORDS = {"false", "no", "off", "0", ""}
+
+
+class BadValue(ValueError):
+    """An input that breaks its rule; the message names what would be valid."""
+
+
+def release_id(value: Any) -> str:
+    text = str(value)
+    if not RELEASE_ID.match(text):
+        raise BadValue(f"release {text!r} is not a release id; valid: letters, digits, '.', '_', '-', "
+                       "starting with a letter or digit, at most 128 characters")
+    return text
+
+
+def backup_id(value: Any) -> str:
+    text = str(value)
+    if not BACKUP_ID.match(text):
+        raise BadValue(f"backup {text!r} is not a backup id; valid: latest or an id from `mayday backups`")
+    return text
+
+
+def minutes(value: Any) -> int:
+    low, high = MINUTES_RANGE
+    if isinstance(value, bool) or not re.fullmatch(r"\s*\d+\s*", str(value)):
+        raise BadValue(f"minutes {value!r} is not a whole number; valid: {low}..{high}")
+    number = int(str(value))
+    if not low <= number <= high:
+        raise BadValue(f"minutes {number} is out of range; valid: {low}..{high} (up to 7 days)")
+    return number
+
+
+def flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in TRUE_WORDS:
+        return True
+    if text in FALSE_WORDS:
+        return False
+    raise BadValue(f"{value!r} is not true or false")
+
+
+def level2_dir() -> Path:
+    """Level 2 components are files: playbooks/level2/<component>.yml."""
+    from mayday.paths import project_root
+
+    try:
+        return project_root() / "playbooks" / "level2"
+    except FileNotFoundError:
+        return PACKAGE_DIR.parent.parent / "playbooks" / "level2"
+
+
+def level2_components() -> list[str]:
+    return sorted(p.stem for p in level2_dir().glob("*.yml"))
+
+
+HOSTS_HEADER = re.compile(r"^#\s*hosts:\s*(\S+)\s*$", re.MULTILINE)
+
+
+def level2_hosts(component: str) -> str:
+    """The host pattern a component acts on, from its file's `# hosts: <pattern>` line."""
+    path = level2_dir() / f"{component}.yml"
+    if component not in level2_components():
+        return "all"  # the skeleton refuses the unknown component before touching any host
+    found = HOSTS_HEADER.search(path.read_text())
+    return found.group(1) if found else "all"
+
+
+def component(value: Any) -> str:
+    text = str(value or "")
+    valid = level2_components()
+    if text not in valid:
+        what = "no component given" if not text else f"unknown component {text!r}"
+        raise BadValue(f"{what}; valid: {', '.join(valid)}")
+    return text
+
+
+@dataclass(frozen=True)
+class Param:
+    """One input of a scenario: a CLI option and the playbook's extra var of the same name."""
+
+    name: str
+    help: str
+    check: Callable[[Any], Any]
+    default: Any = None
+    required: bool = False
+    is_flag: bool = False
+    # Only checked when this says it applies (minutes only for the webhook component).
+    applies: Callable[[dict[str, Any]], bool] = field(default=lambda params: True)
+    choices: Callable[[], list[str]] | None = None
+
+
+def check_params(params: list[Param], given: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Returns (clean values with defaults, problems), in declaration order.
+
+    A parameter that does not apply to what came before it (minutes, unless the component is
+    webhook) is neither checked nor passed on.
+    """
+    clean: dict[str, Any] = {}
+    problems: list[str] = []
+    for param in params:
+        if not param.applies(clean):
+            continue
+        value = given.get(param.name)
+        if (value is None or value == "") and not param.required:
+            clean[param.name] = param.default
+            continue
+        try:
+            clean[param.name] = param.check(value)
+        except BadValue as exc:
+            problems.append(str(exc))
+            if param.required:
+                break  # what follows depends on it
+    return clean, problems

@@ -1,0 +1,63 @@
+"""The scenario table: each scenario is one playbook plus one entry here.
+
+The CLI builds a command from each entry (name, help, options); the scenario skeleton
+(roles/scenario) reads the same entry to check the playbook's extra vars, title the incident and
+name the phases. Adding a scenario: write playbooks/<name>.yml on the skeleton, add an entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mayday import rules
+from mayday.rules import Param
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    playbook: str
+    help: str
+    title: str  # formatted with the checked parameters
+    severity: int
+    phases: tuple[str, ...]
+    params: list[Param] = field(default_factory=list)
+    # RECOVERED for a rollback; DONE for a routine job such as a backup.
+    success: str = "RECOVERED"
+    # The lock keeps two emergency jobs from acting on one inventory at the same time.
+    locks: bool = True
+    # Extra vars the CLI always passes (the restore command is Level 2's database component).
+    fixed: dict[str, str] = field(default_factory=dict)
+
+
+RELEASE = Param("release", "Roll back to this release id (default: the newest good one deployed before the live one).",
+                rules.release_id)
+FORCE = Param("force", "Allow --release to name a release marked failed.", rules.flag, default=False, is_flag=True)
+COMPONENT = Param("component", "The component to roll back.", rules.component, required=True,
+                  choices=rules.level2_components)
+LEVEL2_BACKUP = Param("backup", "database: backup id; api, frontend: the deploy-time copy to restore.",
+                      rules.backup_id, default="latest",
+                      applies=lambda p: p.get("component") in ("database", "api", "frontend"))
+MINUTES = Param("minutes", "webhook: remove rows added in the last N minutes (1..10080).", rules.minutes, default=60,
+                applies=lambda p: p.get("component") == "webhook")
+BACKUP = Param("backup", "Backup id to restore, or latest.", rules.backup_id, default="latest")
+
+ROLLBACK_PHASES = ("Open", "Pre-flight", "Rollback", "Verify", "Notify", "Report")
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
+    Scenario("level1", "rollback-level1.yml",
+             "Level 1, production down: roll every web host back, restart services, verify, notify.",
+             "Production down, full rollback to the previous release", 1, ROLLBACK_PHASES, [RELEASE, FORCE]),
+    Scenario("level2", "rollback-level2.yml", "Level 2, partial failure: roll one component back.",
+             "Partial failure, {component} rolled back", 2, ROLLBACK_PHASES, [COMPONENT, LEVEL2_BACKUP, MINUTES]),
+    Scenario("restore", "db-restore.yml", "Restore the database from a verified backup (interruption-safe).",
+             "Partial failure, database rolled back", 2, ROLLBACK_PHASES, [BACKUP],
+             fixed={"component": "database"}),
+    Scenario("backup", "db-backup.yml",
+             "Back up every database host's database, with a manifest, then apply retention.",
+             "Database backup", 4, ("Open", "Pre-flight", "Backup", "Report"), [], success="DONE"),
+)}
+
+
+def by_playbook(playbook: str) -> Scenario | None:
+    return next((s for s in SCENARIOS.values() if s.playbook == playbook), None)

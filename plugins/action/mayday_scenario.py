@@ -1,0 +1,180 @@
+# The scenario skeleton's controller side, one task per stage (roles/scenario):
+#   open:   check the extra vars against the scenario table, open the incident, confirm
+#           production, take the lock (check mode: only report whether it is free);
+#   judge:  read every host's pre-flight probe and decide refusals and NOOP before any change;
+#   finish: judge every host's result, measure downtime, notify, write the report, release the
+#           lock, and fail the run unless it recovered.
+# Each stage reads all hosts' results once, in Python (mayday.verdict): no verdict in Jinja.
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+from typing import Any
+
+from ansible.errors import AnsibleActionFail
+from ansible.plugins.action import ActionBase
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _mayday_path  # noqa: F401
+
+from mayday import notify, records, rules, verdict
+from mayday.scenarios import SCENARIOS
+
+
+def _plain(value: Any) -> Any:
+    """Templated containers as plain dicts and lists, safe to keep and to write as JSON."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+class ActionModule(ActionBase):
+    _supports_check_mode = True
+    TRANSFERS_FILES = False
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        task_vars = task_vars or {}
+        args = self._task.args
+        name = args.get("scenario")
+        if name not in SCENARIOS:
+            raise AnsibleActionFail(f"unknown scenario {name!r}; valid: {', '.join(SCENARIOS)}")
+        stage = {"open": self._open, "judge": self._judge, "finish": self._finish}.get(args.get("stage"))
+        if stage is None:
+            raise AnsibleActionFail("stage must be one of open, judge, finish")
+        result.update(stage(SCENARIOS[name], args, task_vars))
+        result["changed"] = False  # bookkeeping on the controller, never host state
+        return result
+
+    # -- open ---------------------------------------------------------------------------------
+    def _given(self, scenario, task_vars) -> dict[str, Any]:
+        given = {}
+        for param in scenario.params:
+            if param.name in task_vars:
+                given[param.name] = self._templar.template(task_vars[param.name])
+        return given
+
+    def _open(self, scenario, args, task_vars) -> dict[str, Any]:
+        params, problems = rules.check_params(scenario.params, self._given(scenario, task_vars))
+        try:
+            title = scenario.title.format(**params)
+        except (KeyError, IndexError):
+            title = scenario.title
+        sources = list(task_vars.get("ansible_inventory_sources") or [])
+        check_mode = bool(self._task.check_mode)
+        hosts = list(task_vars.get("ansible_play_hosts_all") or [])
+        incident_id, incident_dir = records.open_incident({
+            "scenario": scenario.name if scenario.name != "level2" else f"level2-{params.get('component', '?')}",
+            "severity": scenario.severity,
+            "title": title,
+            "hosts": hosts,
+            "inventory": ", ".join(sources),
+            "dry_run": check_mode,
+            "operator": os.environ.get("MAYDAY_OPERATOR") or getpass.getuser(),
+            "run_id": os.environ.get("MAYDAY_RUN_ID"),
+            "params": params,
+        })
+        refusals = [f"bad input: {p}" for p in problems]
+        environment = self._templar.template(task_vars.get("mayday_environment", "unknown"))
+        confirmed = rules.flag(self._templar.template(task_vars.get("mayday_confirmed", False)) or False)
+        if environment == "production" and not confirmed and not check_mode:
+            refusals.append("this inventory declares itself production: confirm with `mayday ... --yes` "
+                            "or -e mayday_confirmed=true")
+        lock: dict[str, Any] = {"taken": False}
+        if scenario.locks and not refusals:
+            if check_mode:
+                holder = records.lock_holder(sources)
+                lock.update(free=holder is None, holder=holder)
+            else:
+                got = records.acquire_lock(sources, {"pid": os.getppid(), "incident": incident_id,
+                                                     "run_id": os.environ.get("MAYDAY_RUN_ID")})
+                lock.update(taken=got["acquired"], holder=got["holder"], stale_replaced=got["stale_replaced"])
+                if not got["acquired"]:
+                    holder = got["holder"]
+                    refusals.append(
+                        f"another run holds the lock for this inventory: incident {holder.get('incident')}, "
+                        f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')} "
+                        f"({records.lock_path(sources)}); wait for it to finish")
+        msg = f"opened {incident_id}" + (f"; refused: {'; '.join(refusals)}" if refusals else "")
+        return {"mayday_incident": {"id": incident_id, "dir": incident_dir}, "incident_id": incident_id,
+                "incident_dir": incident_dir, "params": params, "refusals": refusals, "go": not refusals,
+                "lock": lock, "msg": msg}
+
+    # -- judge --------------------------------------------------------------------------------
+    def _host_values(self, task_vars, var: str, hosts: list[str]) -> dict[str, Any]:
+        hostvars = task_vars.get("hostvars") or {}
+        return {h: _plain(hostvars[h].get(var)) if h in hostvars else None for h in hosts}
+
+    def _judge(self, scenario, args, task_vars) -> dict[str, Any]:
+        opened = args.get("opened") or {}
+        if not opened.get("go", False):
+            return {"go": False, "noop": False, "refusals": list(opened.get("refusals") or ["not opened"])}
+        hosts = list(task_vars.get("ansible_play_hosts_all") or [])
+        probes = self._host_values(task_vars, args.get("probe_var") or "", hosts)
+        if args.get("judge") == "level1":
+            web = [h for h in hosts if h in set((task_vars.get("groups") or {}).get("web") or [])]
+            found = verdict.level1_preflight(probes, web, (opened.get("params") or {}).get("release"))
+        else:
+            found = verdict.reachability(probes)
+        doc = found.as_dict()
+        doc["msg"] = "; ".join(found.refusals) or found.reason or "go"
+        return doc
+
+    # -- finish -------------------------------------------------------------------------------
+    def _finish(self, scenario, args, task_vars) -> dict[str, Any]:
+        opened = args.get("opened") or {}
+        judged = args.get("judged") or {}
+        check_mode = bool(self._task.check_mode)
+        incident_dir = opened.get("incident_dir")
+        sources = list(task_vars.get("ansible_inventory_sources") or [])
+        if not incident_dir or not os.path.isdir(incident_dir):
+            raise AnsibleActionFail(f"FAILED before the incident was opened: {args.get('error') or 'unknown error'}")
+        refusals = list(opened.get("refusals") or []) or list(judged.get("refusals") or [])
+        hosts = list(task_vars.get("ansible_play_hosts_all") or [])
+        alive = set(task_vars.get("ansible_play_hosts") or [])
+        acted = bool(args.get("acted"))
+        raw = self._host_values(task_vars, args.get("results_var") or "", hosts) if acted else {}
+        results = {h: verdict.host_result(h, r) for h, r in raw.items()}
+        lost = [h for h in hosts if h not in alive] if acted else []
+        describe = ""
+        if scenario.name == "level1" and acted:
+            describe = verdict.level1_describe(results, judged.get("targets") or {}, check_mode)
+        found = verdict.final(refusals, results, lost, error=args.get("error") or None,
+                              noop_reason=judged.get("reason", "") if judged.get("noop") else "",
+                              success=scenario.success, check_mode=check_mode, describe=describe)
+        downtime = records.measure_downtime(records.read_timeline(incident_dir))
+        fields = dict(args.get("fields") or {})
+        # Routine jobs (a backup) tell the team only when they fail.
+        quiet = scenario.success != "RECOVERED" and found.outcome != "FAILED"
+        if found.outcome != "REFUSED" and not quiet:
+            escalate = found.outcome == "FAILED"
+            label = args.get("label") or scenario.name.upper()
+            text = (f"{opened.get('incident_id')} {label} FAILED, manual intervention required: " if escalate
+                    else f"{opened.get('incident_id')} {label} {found.outcome}: ") + found.summary
+            if args.get("with_downtime"):
+                text += f" Downtime {downtime['seconds'] if downtime.get('seconds') is not None else 'unknown'} s."
+            delivered = notify.send(list(args.get("channels") or []), text, "escalation" if escalate else "resolved",
+                                    opened.get("incident_id"), {"outcome": found.outcome,
+                                                                "downtime_s": downtime.get("seconds"), **fields},
+                                    dry_run=check_mode)
+            records.append_event(incident_dir, {
+                "started": records.utc_now(), "duration_s": 0, "host": None, "phase": "Notify",
+                "step": f"tell the team ({'escalation' if escalate else 'resolved'})",
+                "result": "ok" if all(d["ok"] for d in delivered) else "failed",
+                "detail": "; ".join(f"{d['channel']}: {d['detail']}" for d in delivered) or "no channel configured"})
+        else:
+            delivered = []
+        extra = {"params": opened.get("params") or {}, "refusals": found.refusals, "failures": found.failures,
+                 "results": found.hosts, "notified": delivered, **_plain(args.get("extra") or {})}
+        report = records.close_incident(incident_dir, found.outcome, found.summary, extra)
+        if (opened.get("lock") or {}).get("taken"):
+            records.release_lock(sources, os.getppid())
+        doc: dict[str, Any] = {"outcome": found.outcome, "summary": found.summary, "delivered": delivered,
+                               "downtime": report["downtime"], "report_md": os.path.join(incident_dir, "report.md"),
+                               "msg": f"{found.outcome}: {found.summary}"}
+        if found.outcome in ("REFUSED", "FAILED"):
+            doc["failed"] = True
+        return doc
