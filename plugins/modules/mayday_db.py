@@ -15,33 +15,127 @@ description:
   - C(restore) verifies the backup, takes a safety backup of the live database, restores into a
     shadow database, verifies it against the manifest, stops writes, swaps it in atomically,
     resumes writes and verifies the live database. The replaced database is kept, renamed.
+  - Check mode only reads; C(restore) still verifies the backup and lists what a real run would do.
+  - A failure is C(refused) only when nothing on the host was changed.
 options:
   mode: {type: str, choices: [backup, list, prune, restore, purge_recent], default: list, description: What to do.}
   tables: {type: list, elements: str, default: [], description: "purge_recent: tables holding webhook rows."}
   time_column: {type: str, default: created_at, description: "purge_recent: the column saying when a row was added."}
-  minutes: {type: int, default: 60, description: "purge_recent: remove rows added in the last N minutes."}
+  minutes: {type: int, default: 60, description: "purge_recent: remove rows added in the last N minutes (1 to 10080)."}
   engine: {type: str, choices: [mariadb, postgresql], required: true, description: Database engine.}
   database: {type: str, required: true, description: Database name.}
   backup_dir: {type: path, default: /var/backups/mayday, description: Where backups and manifests live.}
   backup: {type: str, default: latest, description: Backup id to restore, or latest.}
   retention: {type: int, default: 7, description: Regular backups kept by prune (at least 1).}
   pgbouncer: {type: dict, description: "PostgreSQL only: {port, admin_user} of pgbouncer, paused during the swap."}
+  host_label: {type: str, description: "Name of the host in the summary (inventory_hostname); default: its hostname."}
 author: mayday
 """
 
 RETURN = r"""
+changed: {description: Whether anything on the host changed., type: bool, returned: always}
+refused: {description: "Failed before changing anything on the host (false on success).", type: bool, returned: always}
+ok: {description: The mode completed., type: bool, returned: always}
+msg: {description: What happened, or why it failed., type: str, returned: always}
+summary: {description: One human-readable line naming the host., type: str, returned: always}
+report:
+  description: >-
+    The mode's report (restore: backup, safety_backup, previous_kept_as, rows_restored, tables, changes;
+    dry run: would; purge_recent: since, until, tables, files, deleted; on failure: error, changes).
+  type: dict
+  returned: always
 manifest: {description: The backup written (backup)., type: dict, returned: backup}
 backups: {description: Manifests, oldest first (list)., type: list, returned: list}
-restore:
-  description: Backup id, safety backup id, kept database, rows restored (restore).
-  type: dict
-  returned: restore
+removed: {description: Backup ids removed (prune; in check mode, the ids that would be)., type: list, returned: prune}
+restore: {description: Same as report (restore)., type: dict, returned: restore}
+purge: {description: Same as report (purge_recent)., type: dict, returned: purge_recent}
 steps: {description: Every step with start time, duration and result., type: list, returned: always}
 """
 
+import socket
+import traceback
+
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.mayday_db import DbError, backup, list_backups, prune, purge_recent, restore
+from ansible.module_utils.mayday_db_backups import backup, list_backups, prune, restore
+from ansible.module_utils.mayday_db_engines import DbError
+from ansible.module_utils.mayday_db_webhook import check_minutes, purge_recent
 from ansible.module_utils.mayday_steps import Steps
+
+
+def do_list(p, host, steps, changes, check_mode):
+    backups = list_backups(p["backup_dir"], p["engine"], p["database"])
+    ids = [m["id"] for m in backups]
+    msg = f"{len(ids)} backups of {p['engine']} database {p['database']} in {p['backup_dir']}"
+    report = {"count": len(ids), "ids": ids, "newest": ids[-1] if ids else None}
+    return {"changed": False, "msg": msg, "report": report, "backups": backups,
+            "summary": f"{host}: {msg}" + (f"; newest {ids[-1]}" if ids else "")}
+
+
+def do_backup(p, host, steps, changes, check_mode):
+    if check_mode:
+        return {"changed": True, "msg": "check mode: no backup taken", "report": {"dry_run": True},
+                "summary": f"{host}: dry run, no backup taken"}
+    manifest = steps.run("backup", backup, p, "backup", changes)
+    steps.items[-1]["detail"] = manifest["id"]
+    rows = sum(t["rows"] for t in manifest["tables"].values())
+    msg = f"backup {manifest['id']} taken: {rows} rows in {len(manifest['tables'])} tables, {manifest['size']} bytes"
+    return {"changed": True, "msg": msg, "manifest": manifest, "summary": f"{host}: {msg}",
+            "report": {k: manifest[k] for k in ("id", "kind", "time", "file", "size", "sha256")}}
+
+
+def do_prune(p, host, steps, changes, check_mode):
+    removed = prune(p, check_mode=check_mode, changes=changes)
+    verb = "would remove" if check_mode else "removed"
+    msg = f"retention {max(1, p['retention'])}: {verb} {len(removed)} old backups" + (
+        f" ({', '.join(removed)})" if removed else "")
+    return {"changed": bool(removed) and not check_mode, "msg": msg, "removed": removed,
+            "summary": f"{host}: {msg}", "report": {"removed": removed, "dry_run": check_mode}}
+
+
+def do_purge(p, host, steps, changes, check_mode):
+    purged = purge_recent(p, steps, changes, check_mode=check_mode)
+    found = sum(purged["tables"].values())
+    counts = ", ".join(f"{t}: {n}" for t, n in purged["tables"].items())
+    if check_mode:
+        msg = (f"dry run: {found} webhook rows added since {purged['since']} would be removed ({counts}); "
+               "nothing changed")
+    elif purged["deleted"]:
+        msg = (f"{purged['deleted']} webhook rows added since {purged['since']} removed ({counts}), "
+               f"saved first to {', '.join(purged['files'])}")
+    else:
+        msg = f"no webhook rows added since {purged['since']} ({counts}); nothing removed"
+    return {"changed": purged["deleted"] > 0, "msg": msg, "purge": purged, "report": purged,
+            "summary": f"{host}: {msg}"}
+
+
+def do_restore(p, host, steps, changes, check_mode):
+    report = restore(p, steps, changes, check_mode=check_mode)
+    changed = report.pop("changed")
+    if report.get("dry_run"):
+        msg = f"backup {report['backup']} verified; dry run, nothing restored"
+    else:
+        msg = (f"{report['rows_restored']} rows in {report['tables']} tables restored from {report['backup']} "
+               f"(safety backup {report['safety_backup']}; the replaced database is kept as "
+               f"{report['previous_kept_as']})")
+    return {"changed": changed, "msg": msg, "restore": report, "report": report, "summary": f"{host}: {msg}"}
+
+
+MODES = {"list": do_list, "backup": do_backup, "prune": do_prune, "purge_recent": do_purge, "restore": do_restore}
+
+
+def failure(p, host, exc, changes):
+    """Result keys for a failure: a refusal only when nothing on the host changed."""
+    msg = str(exc) if isinstance(exc, DbError) else f"{type(exc).__name__}: {exc}"
+    what = p["mode"].replace("_", " ")
+    if not changes:
+        summary = f"{host}: {what} refused, nothing changed: {msg}"
+    else:
+        summary = f"{host}: {what} failed after changing the host ({'; '.join(changes)}): {msg}"
+        if p["mode"] == "restore":
+            summary += ("; the live database was swapped" if getattr(exc, "live_touched", False)
+                        else "; the live database is untouched")
+    return {"changed": bool(changes), "refused": not changes, "ok": False, "msg": msg, "summary": summary,
+            "report": {"error": msg, "changes": list(changes)}}
 
 
 def main():
@@ -58,37 +152,29 @@ def main():
             "tables": {"type": "list", "elements": "str", "default": []},
             "time_column": {"type": "str", "default": "created_at"},
             "minutes": {"type": "int", "default": 60},
+            "host_label": {"type": "str"},
         },
         supports_check_mode=True,
     )
     p = module.params
+    host = p["host_label"] or socket.gethostname()
     steps = Steps()
+    changes: list[str] = []  # what this run did to the host, in order: empty means a failure is a refusal
+    result: dict
+    trace = None
     try:
-        if p["mode"] == "list":
-            module.exit_json(changed=False, steps=steps.items,
-                             backups=list_backups(p["backup_dir"], p["engine"], p["database"]))
-        if p["mode"] == "backup":
-            if module.check_mode:
-                module.exit_json(changed=True, steps=steps.items, msg="check mode: no backup taken")
-            manifest = steps.run("backup", backup, p)
-            module.exit_json(changed=True, manifest=manifest, steps=[dict(steps.items[0], detail=manifest["id"])])
-        if p["mode"] == "prune":
-            removed = [] if module.check_mode else prune(p)
-            module.exit_json(changed=bool(removed), removed=removed, steps=steps.items)
         if p["mode"] == "purge_recent":
-            purged = purge_recent(p, steps, check_mode=module.check_mode)
-            module.exit_json(changed=purged["deleted"] > 0, purge=purged, steps=steps.items)
-        report = restore(p, steps, check_mode=module.check_mode)
-        for step in steps.items:
-            if isinstance(step["detail"], dict):  # manifests: keep the timeline readable
-                step["detail"] = step["detail"].get("id", "")
-        module.exit_json(changed=report.pop("changed"), restore=report, steps=steps.items)
-    except DbError as exc:
-        for step in steps.items:
-            if isinstance(step["detail"], dict):
-                step["detail"] = step["detail"].get("id", "")
-        # refused: nothing about the live database was changed (exit 2 from the CLI).
-        module.fail_json(msg=str(exc), steps=steps.items, **({} if exc.live_touched else {"refused": True}))
+            check_minutes(p["minutes"])  # the playbook checks too; refuse here before connecting
+        result = MODES[p["mode"]](p, host, steps, changes, module.check_mode)
+    except Exception as exc:  # every failure gets the keys the verdict reads, with what changed
+        result = failure(p, host, exc, changes)
+        trace = None if isinstance(exc, DbError) else traceback.format_exc()
+    for step in steps.items:
+        if isinstance(step["detail"], dict):  # manifests: keep the timeline readable
+            step["detail"] = step["detail"].get("id", "")
+    if result.get("ok") is False:
+        module.fail_json(steps=steps.items, **({"exception": trace} if trace else {}), **result)
+    module.exit_json(ok=True, refused=False, steps=steps.items, **result)
 
 
 if __name__ == "__main__":
