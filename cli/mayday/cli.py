@@ -13,9 +13,9 @@ from rich.console import Console
 
 from mayday import inventory as inv
 from mayday import lab as lab_mod
-from mayday import rules
+from mayday import locks, rules
 from mayday.errors import BadInput, MaydayError
-from mayday.history import load_runs
+from mayday.history import in_progress, load_runs
 from mayday.runner import Progress, RunResult, run_playbook
 from mayday.scenarios import SCENARIOS, Scenario
 
@@ -179,6 +179,38 @@ def history(as_json: bool, count: int) -> None:
         click.echo(f"{r['run_id']:<25} {r.get('started') or '':<24} {r.get('scenario') or '':<18} "
                    f"{r.get('outcome') or r.get('status') or '':<10} {r.get('duration_s') or 0:>8}s  "
                    f"{r.get('incident') or '-'}")
+
+
+@cli.command()
+@click.option("-i", "--inventory", "inventory_name", default=None, help="Inventory (default: the lab).")
+@click.option("--local", is_flag=True, help="Only this controller's runs and locks; do not ask the hosts.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status(inventory_name: str | None, local: bool, as_json: bool) -> None:
+    """Runs in progress and the locks held: who holds them and since when."""
+    doc: dict[str, Any] = {"runs": in_progress(), "controller_locks": locks.held_locally(), "host_locks": {}}
+    if not local:
+        path = inv.resolve(inventory_name)
+        result = run_playbook("status.yml", path, {})
+        doc["host_locks"] = {r["host"]: {"lock": r.get("lock"), "holder": r.get("holder") or {}}
+                             for r in result.results if r.get("lock")}
+        doc["unreachable"] = sorted({f.split(":", 1)[0] for f in result.failures})
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    click.echo(f"runs in progress: {len(doc['runs']) or 'none'}")
+    for run in doc["runs"]:
+        click.echo(f"  {run['run_id']}  {run.get('scenario')}  incident {run.get('incident') or '-'}  "
+                   f"pid {run.get('pid')} on {run.get('controller')} since {run.get('started')}")
+    click.echo(f"locks on this controller: {len(doc['controller_locks']) or 'none'}")
+    for held in doc["controller_locks"]:
+        click.echo(f"  {locks.describe(held)}{'  (stale: its process is gone)' if held['stale'] else ''}")
+    if not local:
+        held_hosts = {h: v for h, v in doc["host_locks"].items() if v["lock"] != "free"}
+        click.echo(f"locks on hosts: {len(held_hosts) or 'none'} of {len(doc['host_locks'])} hosts")
+        for host, value in sorted(held_hosts.items()):
+            click.echo(f"  {host}: {locks.describe(value['holder']) if value['holder'] else value['lock']}")
+        for host in doc.get("unreachable") or []:
+            click.echo(f"  {host}: did not answer")
 
 
 cli.add_command(lab_mod.lab)

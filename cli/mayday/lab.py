@@ -1,10 +1,22 @@
-"""The built-in lab: systemd containers web1..N, db1 and pg1 on one Docker network."""
+"""The built-in lab: systemd containers web1..N, db1 and pg1 on one Docker network.
+
+MAYDAY_LAB_NAME (default mayday-lab) names the Docker network and prefixes the containers
+(<name>-web1, ...), so several labs can live side by side on one engine. Images stay
+mayday-lab-{web,db,pg}.
+
+The lab is also reachable the way real hosts are: over SSH as the non-root user `mayday` with sudo
+(inventories/lab-ssh). Its controller key and known_hosts live in <checkout>/.mayday-lab/<name>/ssh/
+(see ssh_dir()).
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -14,13 +26,37 @@ from mayday.inventory import RELEASE_ID
 from mayday.paths import LAB_DIR, project_root
 
 DOCKER = "/usr/bin/docker"
-NETWORK = "mayday-lab"
-PREFIX = "mayday-lab-"
+DEFAULT_NAME = "mayday-lab"
+LAB_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,40}$")
+HOST_NAME = re.compile(r"^(web[0-9]+|db1|pg1)$")
+HOST_KEY = "/etc/ssh/ssh_host_ed25519_key.pub"
 # Run flags that let systemd be PID 1 without --privileged (which fails on these machines).
 SYSTEMD_FLAGS = [
     "--cap-add", "SYS_ADMIN", "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
     "--tmpfs", "/run", "--tmpfs", "/run/lock", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:ro",
 ]
+
+def lab_name() -> str:
+    """The lab's network name and container prefix: MAYDAY_LAB_NAME, default mayday-lab."""
+    name = os.environ.get("MAYDAY_LAB_NAME") or DEFAULT_NAME
+    if not LAB_NAME.match(name):
+        raise BadInput(f"MAYDAY_LAB_NAME={name!r} is not a lab name (lower-case letters, digits, '.', '_', '-')")
+    return name
+
+
+def prefix() -> str:
+    return lab_name() + "-"
+
+
+def ssh_dir() -> Path:
+    """The controller's SSH key pair and the lab's known_hosts, kept across `lab up`s.
+
+    In the checkout (like the lab itself, it outlives every run), not in MAYDAY_STATE_DIR: that one
+    changes per run (the tests give each run its own), and inventories/lab-ssh finds these files
+    relative to itself. One directory per lab name, so two labs never share a known_hosts file.
+    """
+    return project_root() / ".mayday-lab" / lab_name() / "ssh"
+
 
 def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     out = subprocess.run([DOCKER, *args], capture_output=True, text=True, check=False)
@@ -39,7 +75,7 @@ def ensure_engine_and_image() -> None:
             raise MaydayError(f"lab set-up step {script} failed")
 
 def state(name: str) -> str:
-    out = docker("inspect", "-f", "{{.State.Status}}", PREFIX + name, check=False)
+    out = docker("inspect", "-f", "{{.State.Status}}", prefix() + name, check=False)
     return out.stdout.strip() if out.returncode == 0 else "absent"
 
 def wait_booted(names: list[str], timeout: float = 90) -> None:
@@ -47,7 +83,7 @@ def wait_booted(names: list[str], timeout: float = 90) -> None:
     pending = list(names)
     while pending and time.monotonic() < deadline:
         for name in list(pending):
-            out = docker("exec", PREFIX + name, "systemctl", "is-system-running", check=False)
+            out = docker("exec", prefix() + name, "systemctl", "is-system-running", check=False)
             if out.stdout.strip() in ("running", "degraded"):
                 pending.remove(name)
         time.sleep(0.3)
@@ -56,28 +92,88 @@ def wait_booted(names: list[str], timeout: float = 90) -> None:
 
 def up(web_count: int = 2) -> list[str]:
     ensure_engine_and_image()
-    if docker("network", "inspect", NETWORK, check=False).returncode != 0:
-        docker("network", "create", NETWORK)
+    network = lab_name()
+    if docker("network", "inspect", network, check=False).returncode != 0:
+        docker("network", "create", network)
     started = []
     for name, role in lab_hosts(web_count).items():
         current = state(name)
         if current == "running":
             continue
         if current != "absent":
-            docker("rm", "-f", PREFIX + name)
-        docker("run", "-d", "--name", PREFIX + name, "--hostname", name, "--network", NETWORK,
-               "--network-alias", name, "--label", "mayday.lab=1", *SYSTEMD_FLAGS,
-               f"mayday-lab-{role}:latest")
+            docker("rm", "-f", prefix() + name)
+        docker("run", "-d", "--name", prefix() + name, "--hostname", name, "--network", network,
+               "--network-alias", name, "--label", "mayday.lab=1", "--label", f"mayday.lab.name={network}",
+               *SYSTEMD_FLAGS, f"mayday-lab-{role}:latest")
         started.append(name)
     wait_booted(list(lab_hosts(web_count)))
     return started
 
-def down() -> list[str]:
+def containers() -> list[str]:
+    """This lab's containers (and no other lab's): <name>-web<N>, <name>-db1, <name>-pg1."""
     names = docker("ps", "-a", "--filter", "label=mayday.lab=1", "--format", "{{.Names}}", check=False).stdout.split()
+    return [n for n in names if n.startswith(prefix()) and HOST_NAME.match(n.removeprefix(prefix()))]
+
+def down() -> list[str]:
+    names = containers()
     if names:
         docker("rm", "-f", *names)
-    docker("network", "rm", NETWORK, check=False)
+    docker("network", "rm", lab_name(), check=False)
     return names
+
+def ensure_ssh_key() -> Path:
+    """The controller's ed25519 key pair for the lab, generated once and kept (private key 0600)."""
+    directory = ssh_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    key = directory / "id_ed25519"
+    if not key.exists():
+        out = subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"mayday controller ({lab_name()})",
+                              "-f", str(key)], capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            raise MaydayError(f"ssh-keygen failed: {out.stderr.strip()}")
+    key.chmod(0o600)
+    return key
+
+def write_known_hosts(names: list[str], timeout: float = 30) -> list[str]:
+    """known_hosts for the lab: each container's host key, read through the engine (a channel that
+    needs no trust on first use), under the alias <name>-<host> that inventories/lab-ssh gives ssh
+    as HostKeyAlias: the entry stays valid when a restarted container gets another address.
+    Rewritten whole at every `lab up`, so a recreated container's new key replaces the old one.
+    Returns the hosts without sshd (containers of an image older than the SSH path)."""
+    lines, missing = [], []
+    deadline = time.monotonic() + timeout
+    for name in names:
+        if docker("exec", prefix() + name, "test", "-x", "/usr/sbin/sshd", check=False).returncode != 0:
+            missing.append(name)
+            continue
+        while True:  # generated at first boot, before ssh.service starts
+            out = docker("exec", prefix() + name, "cat", HOST_KEY, check=False)
+            if out.returncode == 0 and out.stdout.strip():
+                break
+            if time.monotonic() > deadline:
+                raise MaydayError(f"{prefix() + name} has no SSH host key ({HOST_KEY})")
+            time.sleep(0.3)
+        key_type, key = out.stdout.split()[:2]
+        lines.append(f"{prefix() + name} {key_type} {key}\n")
+    path = ssh_dir() / "known_hosts"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(lines))
+    tmp.chmod(0o644)
+    tmp.replace(path)
+    return missing
+
+def lab_inventory_vars() -> dict[str, Any]:
+    """Extra vars pointing inventories/lab (whose ansible_host values are the default lab's container
+    names) at this lab's containers when MAYDAY_LAB_NAME names another lab."""
+    if lab_name() == DEFAULT_NAME:
+        return {}
+    return {"ansible_host": prefix() + "{{ inventory_hostname }}"}
+
+def is_lab_inventory(inventory: str | None) -> bool:
+    """Whether ansible-playbook (run in the checkout) reads inventories/lab."""
+    path = project_root() / (inventory or "inventories/lab")
+    return path.resolve() == (project_root() / "inventories" / "lab").resolve()
 
 def run_lab_playbook(playbook: str, extravars: dict[str, Any], inventory: str | None = None) -> None:
     cmd = [str(project_root() / ".venv" / "bin" / "ansible-playbook")]
@@ -86,8 +182,10 @@ def run_lab_playbook(playbook: str, extravars: dict[str, Any], inventory: str | 
     cmd += [str(project_root() / "playbooks" / "lab" / playbook)]
     if inventory:
         cmd += ["-i", inventory]
-    for key, value in extravars.items():
-        cmd += ["-e", f"{key}={value}"]
+    if is_lab_inventory(inventory):
+        extravars = {**lab_inventory_vars(), **extravars}
+    if extravars:
+        cmd += ["-e", json.dumps(extravars)]
     env_cfg = {"ANSIBLE_CONFIG": str(project_root() / "ansible.cfg")}
 
     out = subprocess.run(cmd, env={**os.environ, **env_cfg}, capture_output=True, text=True, check=False,
@@ -105,8 +203,13 @@ def lab() -> None:
 def lab_up(web_count: int) -> None:
     """Start the lab (installs the engine and builds the image when needed)."""
     started = up(web_count)
-    run_lab_playbook("setup.yml", {})
+    key = ensure_ssh_key()
+    run_lab_playbook("setup.yml", {"lab_ssh_public_key_file": f"{key}.pub"})
+    no_sshd = write_known_hosts(list(lab_hosts(web_count)))
     click.echo(f"lab up: {', '.join(lab_hosts(web_count))} (started now: {', '.join(started) or 'none'})")
+    if no_sshd:
+        click.echo(f"lab up: no sshd on {', '.join(no_sshd)} (containers of an older image): inventories/lab-ssh "
+                   "cannot reach them; `mayday lab down` then `mayday lab up` recreates them", err=True)
 
 @lab.command("down")
 def lab_down() -> None:
@@ -117,14 +220,14 @@ def lab_down() -> None:
 @lab.command("status")
 def lab_status() -> None:
     """Show each lab container and its services."""
-    names = docker("ps", "-a", "--filter", "label=mayday.lab=1", "--format", "{{.Names}}", check=False).stdout.split()
+    names = containers()
     if not names:
         click.echo("lab is down (mayday lab up starts it)")
         return
     for full in sorted(names):
-        name = full.removeprefix(PREFIX)
+        name = full.removeprefix(prefix())
         services = docker("exec", full, "sh", "-c",
-                          "for s in nginx php8.2-fpm mariadb postgresql pgbouncer; do "
+                          "for s in nginx php8.2-fpm mariadb postgresql pgbouncer ssh; do "
                           "systemctl is-enabled -q $s 2>/dev/null && echo $s=$(systemctl is-active $s); done",
                           check=False).stdout.split()
         click.echo(f"{name:<6} {state(name):<8} {' '.join(services)}")

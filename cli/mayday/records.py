@@ -6,10 +6,8 @@ Imported by the CLI, the action plugins and the timeline callback; never shipped
 from __future__ import annotations
 
 import calendar
-import hashlib
 import json
 import os
-import socket
 import time
 from typing import Any
 
@@ -183,87 +181,6 @@ def render_markdown(r: dict[str, Any]) -> str:
     lines += ["", "## Root cause", "", "_To be written in the postmortem._", "",
               "## Action items", "", "- [ ] _owner, due date_", ""]
     return "\n".join(lines)
-
-
-# Locks: one rollback at a time per inventory. A lock whose process is gone is stale.
-def _inventory_key(source: str) -> str:
-    # The same inventory however it is named: a directory, a file in it, a symlink.
-    path = os.path.realpath(source)
-    return os.path.dirname(path) if os.path.isfile(path) else path
-
-
-def lock_path(inventory_sources: list[str]) -> str:
-    key = hashlib.sha256("\n".join(sorted({_inventory_key(s) for s in inventory_sources})).encode()).hexdigest()[:16]
-    return os.path.join(state_dir(), "locks", f"{key}.lock")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def acquire_lock(inventory_sources: list[str], owner: dict[str, Any]) -> dict[str, Any]:
-    """Returns {acquired, holder, stale_replaced}. owner needs pid and incident."""
-    path = lock_path(inventory_sources)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    record = dict(owner, host=socket.gethostname(), since=utc_now(), inventory=inventory_sources)
-    stale = None
-    for _ in range(2):
-        # Write the record first, then link it into place: the lock never exists half-written.
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as handle:
-            json.dump(record, handle)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            try:
-                holder = read_json(path)
-            except (OSError, ValueError):
-                holder = {}
-            if not holder and time.time() - os.path.getmtime(path) > 10:
-                # Created but never written (the owner died in between): stale.
-                stale = {"note": "empty lock file"}
-                os.unlink(path)
-                continue
-            if holder.get("pid") == owner.get("pid") and holder.get("host") == record["host"]:
-                return {"acquired": True, "holder": holder, "stale_replaced": None}
-            if holder.get("host") == record["host"] and not _alive(int(holder.get("pid") or 0)):
-                stale = holder
-                os.unlink(path)
-                continue
-            return {"acquired": False, "holder": holder, "stale_replaced": None}
-        finally:
-            os.unlink(tmp)
-        return {"acquired": True, "holder": record, "stale_replaced": stale}
-    return {"acquired": False, "holder": {}, "stale_replaced": stale}
-
-
-def lock_holder(inventory_sources: list[str]) -> dict[str, Any] | None:
-    """Who holds the lock, without taking it (dry runs); None when free or stale."""
-    try:
-        holder = read_json(lock_path(inventory_sources))
-    except (OSError, ValueError):
-        return None
-    if holder.get("host") == socket.gethostname() and not _alive(int(holder.get("pid") or 0)):
-        return None
-    return holder
-
-
-def release_lock(inventory_sources: list[str], pid: int) -> bool:
-    path = lock_path(inventory_sources)
-    try:
-        holder = read_json(path)
-    except (OSError, ValueError):
-        return False
-    if holder.get("pid") == pid and holder.get("host") == socket.gethostname():
-        os.unlink(path)
-        return True
-    return False
 
 
 def write_run(run_id: str, doc: dict[str, Any]) -> str:

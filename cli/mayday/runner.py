@@ -17,6 +17,9 @@ from typing import Any
 from mayday.outcomes import EXIT_CODES
 from mayday.paths import project_root, state_dir
 
+# Tasks whose per-host results the CLI shows itself (backups taken, host locks).
+COLLECTED_ACTIONS = {"mayday_db", "mayday_host_lock"}
+
 
 @dataclass
 class Progress:
@@ -106,7 +109,7 @@ def run_playbook(
             progress.phase, progress.task = (phase, task) if task else (progress.phase, name)
             if on_progress:
                 on_progress(progress)
-        elif kind == "runner_on_ok" and data.get("task_action") == "mayday_db":
+        elif kind == "runner_on_ok" and data.get("task_action") in COLLECTED_ACTIONS:
             results.append(dict(data.get("res") or {}, host=data.get("host")))
         elif kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
             res = data.get("res") or {}

@@ -91,9 +91,13 @@ def _silent(probes: dict[str, Any]) -> tuple[list[str], list[str]]:
 
 
 def reachability(probes: dict[str, Any]) -> Preflight:
-    """Generic pre-flight: every host answered its probe (a ping, an inspection)."""
+    """Generic pre-flight: every host answered its lock probe, and no other run holds a host."""
     unreachable, broken = _silent(probes)
     refusals = ([f"does not answer: {', '.join(unreachable)}"] if unreachable else []) + broken
+    held = [f"{h} is {p.get('msg') or 'locked by another run'}" for h, p in probes.items()
+            if isinstance(p, dict) and p.get("lock") in ("held", "symlink") and not p.get("failed")]
+    if held:
+        refusals.append("another run holds hosts of this run: " + "; ".join(held) + "; wait for it to finish")
     return Preflight(refusals)
 
 
@@ -181,7 +185,7 @@ def final(refusals: list[str], results: dict[str, HostResult | None], lost: list
     if noop_reason or not changed:
         reason = noop_reason or "nothing needed changing: " + (
             " ".join(r.summary for r in acted.values() if r.summary) or "no host had anything to do")
-        return Verdict("DRY-RUN" if check_mode else "NOOP", [], [], hosts, f"Nothing to do: {reason}.")
+        return Verdict("DRY-RUN" if check_mode else "NOOP", [], [], hosts, f"Nothing to do: {reason.rstrip('.')}.")
     summary = describe or " ".join(r.summary for _, r in sorted(acted.items()) if r.summary) or "Done."
     return Verdict("DRY-RUN" if check_mode else success, [], [], hosts, summary)
 

@@ -18,7 +18,7 @@ from ansible.plugins.action import ActionBase
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _mayday_path  # noqa: F401
 
-from mayday import notify, records, rules, verdict
+from mayday import locks, notify, records, rules, verdict
 from mayday.scenarios import SCENARIOS
 
 
@@ -86,18 +86,15 @@ class ActionModule(ActionBase):
         lock: dict[str, Any] = {"taken": False}
         if scenario.locks and not refusals:
             if check_mode:
-                holder = records.lock_holder(sources)
+                holder = locks.holder(sources)
                 lock.update(free=holder is None, holder=holder)
             else:
-                got = records.acquire_lock(sources, {"pid": os.getppid(), "incident": incident_id,
-                                                     "run_id": os.environ.get("MAYDAY_RUN_ID")})
+                got = locks.acquire(sources, locks.owner(incident_id, os.environ.get("MAYDAY_RUN_ID"),
+                                                         ", ".join(sources)))
                 lock.update(taken=got["acquired"], holder=got["holder"], stale_replaced=got["stale_replaced"])
                 if not got["acquired"]:
-                    holder = got["holder"]
-                    refusals.append(
-                        f"another run holds the lock for this inventory: incident {holder.get('incident')}, "
-                        f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')} "
-                        f"({records.lock_path(sources)}); wait for it to finish")
+                    refusals.append(f"another run holds the lock for this inventory: {locks.describe(got['holder'])} "
+                                    f"({locks.lock_path(sources)}); wait for it to finish")
         msg = f"opened {incident_id}" + (f"; refused: {'; '.join(refusals)}" if refusals else "")
         return {"mayday_incident": {"id": incident_id, "dir": incident_dir}, "incident_id": incident_id,
                 "incident_dir": incident_dir, "params": params, "refusals": refusals, "go": not refusals,
@@ -113,12 +110,12 @@ class ActionModule(ActionBase):
         if not opened.get("go", False):
             return {"go": False, "noop": False, "refusals": list(opened.get("refusals") or ["not opened"])}
         hosts = list(task_vars.get("ansible_play_hosts_all") or [])
-        probes = self._host_values(task_vars, args.get("probe_var") or "", hosts)
-        if args.get("judge") == "level1":
+        host_locks = self._host_values(task_vars, args.get("lock_var") or "scenario_reach", hosts)
+        found = verdict.reachability(host_locks)
+        if args.get("judge") == "level1" and found.go:
+            probes = self._host_values(task_vars, args.get("probe_var") or "", hosts)
             web = [h for h in hosts if h in set((task_vars.get("groups") or {}).get("web") or [])]
             found = verdict.level1_preflight(probes, web, (opened.get("params") or {}).get("release"))
-        else:
-            found = verdict.reachability(probes)
         doc = found.as_dict()
         doc["msg"] = "; ".join(found.refusals) or found.reason or "go"
         return doc
@@ -171,7 +168,7 @@ class ActionModule(ActionBase):
                  "results": found.hosts, "notified": delivered, **_plain(args.get("extra") or {})}
         report = records.close_incident(incident_dir, found.outcome, found.summary, extra)
         if (opened.get("lock") or {}).get("taken"):
-            records.release_lock(sources, os.getppid())
+            locks.release(sources, os.getppid())
         doc: dict[str, Any] = {"outcome": found.outcome, "summary": found.summary, "delivered": delivered,
                                "downtime": report["downtime"], "report_md": os.path.join(incident_dir, "report.md"),
                                "msg": f"{found.outcome}: {found.summary}"}

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import time
 import uuid
@@ -13,6 +14,7 @@ from ansible.plugins.callback import CallbackBase
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "action"))
 import _mayday_path  # noqa: F401
 
+from mayday import locks
 from mayday import records as mayday_records
 
 DOCUMENTATION = r"""
@@ -128,6 +130,10 @@ class CallbackModule(CallbackBase):
                 outcome = mayday_records.read_json(report).get("outcome")
         mayday_records.write_run(self.run_id, {
             "run_id": self.run_id,
+            # Who is running: `mayday status` tells a live run from one whose process died.
+            "pid": os.getpid(),
+            "pid_start": locks.process_start(os.getpid()),
+            "controller": socket.gethostname(),
             "playbook": self.playbook,
             "scenario": scenario or self.playbook,
             "started": self.started,

@@ -28,6 +28,28 @@ except ImportError:  # imported directly (unit tests, bench)
 SHADOW_SUFFIX = "__mayday_shadow"
 STATE_FILE = ".mayday-write-stop.json"  # what we stopped, so an interrupted run can undo it
 LOCK_FILE = ".mayday-restore.lock"
+# Which backup the live database was last restored from, and its identity right after the swap:
+# a second run for the same backup finds the very same database live and changes nothing (writes
+# made since are the application's and must not be thrown away).
+LAST_RESTORE_FILE = ".mayday-last-restore.json"
+
+
+def _last_restore(backup_dir):
+    try:
+        fd = os.open(os.path.join(backup_dir, LAST_RESTORE_FILE), os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd) as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return {}
+
+
+def _record_restore(backup_dir, doc):
+    path = os.path.join(backup_dir, LAST_RESTORE_FILE)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(doc, handle)
+    os.replace(tmp, path)
 
 
 def sha256_of(path):
@@ -226,6 +248,12 @@ def _restore(params, steps, changes, check_mode=False):
     manifest = steps.run("resolve backup", resolve, params)
     path = steps.run("verify backup (sha256, readable, engine, database)", verify_backup, params, manifest)
     leftovers = _leftovers(eng, db, shadow, backup_dir, marker)
+    last = _last_restore(backup_dir)
+    if (not leftovers and last.get("backup") == manifest["id"] and last.get("database") == db
+            and eng.exists(db) and str(eng.identity(db)) == str(last.get("identity"))):
+        steps.skip(f"restore {manifest['id']}", f"the live {db} is the copy restored from it at {last.get('at')}")
+        return {"backup": manifest["id"], "already_restored": True, "restored_at": last.get("at"),
+                "changes": [], "changed": False}
     # Refuse before cleaning up what a real run would fail on anyway (a leftover shadow's space comes back).
     freed = eng.size(shadow) if any(step[2] == eng.drop for step in leftovers) else 0
     steps.run(f"check {db} exists and {backup_dir} has room for its safety backup", room_for_backup,
@@ -285,6 +313,7 @@ def _restore(params, steps, changes, check_mode=False):
     except DbError as exc:
         exc.live_touched = True
         raise
+    _record_restore(backup_dir, {"backup": manifest["id"], "database": db, "identity": str(verified), "at": stamp()})
     return {"backup": manifest["id"], "safety_backup": safety["id"], "previous_kept_as": keep_as,
             "rows_restored": sum(t["rows"] for t in manifest["tables"].values()),
             "tables": len(manifest["tables"]), "changes": list(changes), "changed": True}

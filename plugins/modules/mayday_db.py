@@ -111,7 +111,10 @@ def do_purge(p, host, steps, changes, check_mode):
 def do_restore(p, host, steps, changes, check_mode):
     report = restore(p, steps, changes, check_mode=check_mode)
     changed = report.pop("changed")
-    if report.get("dry_run"):
+    if report.get("already_restored"):
+        msg = (f"the live database is already the copy restored from {report['backup']} at "
+               f"{report['restored_at']}; nothing to do")
+    elif report.get("dry_run"):
         msg = f"backup {report['backup']} verified; dry run, nothing restored"
     else:
         msg = (f"{report['rows_restored']} rows in {report['tables']} tables restored from {report['backup']} "

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 
 import pytest
 
@@ -163,68 +162,3 @@ def test_close_incident_writes_reports_with_sub_steps(state):
     assert "| web1 | rollback |   switch release | ok | v10 -> v2 |" in md
     assert "| Operator | alice |" in md
     assert "Rolled back web1 to v2" in md
-
-
-def dead_pid():
-    proc = subprocess.Popen(["true"])
-    proc.wait()
-    return proc.pid
-
-
-def test_lock_refuses_second_live_owner(state, tmp_path):
-    inv = [str(tmp_path / "inventories" / "lab")]
-    sleeper = subprocess.Popen(["sleep", "30"])
-    try:
-        first = records.acquire_lock(inv, {"pid": sleeper.pid, "incident": "INC-A"})
-        assert first["acquired"] is True
-        assert first["stale_replaced"] is None
-        path = records.lock_path(inv)
-        assert path.startswith(os.path.join(str(state), "locks"))
-        assert records.read_json(path)["incident"] == "INC-A"
-
-        second = records.acquire_lock(inv, {"pid": os.getpid(), "incident": "INC-B"})
-        assert second["acquired"] is False
-        assert second["holder"]["pid"] == sleeper.pid
-        assert second["holder"]["incident"] == "INC-A"
-        assert records.read_json(path)["incident"] == "INC-A"
-
-        # the owner re-acquiring is fine
-        again = records.acquire_lock(inv, {"pid": sleeper.pid, "incident": "INC-A"})
-        assert again["acquired"] is True
-    finally:
-        sleeper.kill()
-        sleeper.wait()
-
-
-def test_lock_is_per_inventory(state, tmp_path):
-    a = records.acquire_lock([str(tmp_path / "a")], {"pid": os.getpid(), "incident": "INC-A"})
-    b = records.acquire_lock([str(tmp_path / "b")], {"pid": dead_pid(), "incident": "INC-B"})
-    assert a["acquired"] and b["acquired"]
-    assert records.lock_path([str(tmp_path / "a")]) != records.lock_path([str(tmp_path / "b")])
-    assert records.lock_path(["x", "y"]) == records.lock_path(["y", "x"])
-
-
-def test_stale_lock_of_dead_pid_is_replaced(state, tmp_path):
-    inv = [str(tmp_path / "inv")]
-    gone = dead_pid()
-    assert records.acquire_lock(inv, {"pid": gone, "incident": "INC-OLD"})["acquired"] is True
-
-    result = records.acquire_lock(inv, {"pid": os.getpid(), "incident": "INC-NEW"})
-    assert result["acquired"] is True
-    assert result["stale_replaced"]["pid"] == gone
-    assert result["stale_replaced"]["incident"] == "INC-OLD"
-    holder = records.read_json(records.lock_path(inv))
-    assert holder["pid"] == os.getpid()
-    assert holder["incident"] == "INC-NEW"
-
-
-def test_release_only_by_owner(state, tmp_path):
-    inv = [str(tmp_path / "inv")]
-    assert records.acquire_lock(inv, {"pid": os.getpid(), "incident": "INC-A"})["acquired"]
-    path = records.lock_path(inv)
-
-    assert records.release_lock(inv, os.getpid() + 1) is False
-    assert os.path.exists(path)
-    assert records.release_lock(inv, os.getpid()) is True
-    assert not os.path.exists(path)
-    assert records.release_lock(inv, os.getpid()) is False

@@ -7,6 +7,8 @@ need_pkgs=()
 command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || need_pkgs+=(debootstrap)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
+# ssh and ssh-keygen: the lab's SSH path (inventories/lab-ssh, the key `mayday lab up` generates).
+command -v ssh-keygen >/dev/null 2>&1 || need_pkgs+=(openssh-client)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "host-deps: installing ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive

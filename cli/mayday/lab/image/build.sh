@@ -11,7 +11,7 @@ base_pkgs=systemd,systemd-sysv,python3,python3-apt,sudo,iproute2,ca-certificates
 
 base_hash=$(printf '%s\n' "$suite" "$base_pkgs" | sha256sum | cut -c1-12)
 base_image="mayday-lab-base:$base_hash"
-layer_hash=$( (echo "$base_hash"; cat "$here"/Dockerfile "$here"/*.conf "$here"/*.cnf) | sha256sum | cut -c1-12)
+layer_hash=$( (echo "$base_hash"; cat "$here"/Dockerfile "$here"/*.conf "$here"/*.cnf "$here"/*.service) | sha256sum | cut -c1-12)
 
 if ! "$docker" image inspect "$base_image" >/dev/null 2>&1; then
   echo "lab image: debootstrap $suite (about a minute)"

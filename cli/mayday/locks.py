@@ -1,0 +1,155 @@
+"""Locks: one emergency run at a time per inventory, on the controller and on every host it acts on.
+
+The controller lock lives in the state directory (locks/<inventory hash>.lock). Each host acted on
+also gets /var/lib/mayday/run.lock/owner (plugins/action/mayday_host_lock.py), so two controllers,
+two working copies or two AWX jobs exclude each other. A lock names its owner: incident, operator,
+controller host, pid and the process's start time. It is stale when that process is gone on that
+controller (a reused pid has another start time); a stale lock is broken by renaming it away,
+which only one breaker can win.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import hashlib
+import json
+import os
+import socket
+import time
+from typing import Any
+
+from mayday.paths import state_dir
+
+HOST_LOCK_DIR = "/var/lib/mayday/run.lock"
+
+
+def process_start(pid: int) -> str | None:
+    """The kernel's start time of a process (clock ticks since boot), or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            stat = handle.read()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: fields are counted after the last ')'.
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def owner(incident: str, run_id: str | None = None, inventory: str = "") -> dict[str, Any]:
+    """Who takes a lock: the ansible-playbook process (parent of the forked worker calling this)."""
+    pid = os.getppid()
+    return {"incident": incident, "run_id": run_id, "operator": os.environ.get("MAYDAY_OPERATOR") or getpass.getuser(),
+            "controller": socket.gethostname(), "pid": pid, "pid_start": process_start(pid),
+            "inventory": inventory, "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def is_stale(holder: dict[str, Any]) -> bool:
+    """Only this controller can tell whether its own process is gone; another's lock stands."""
+    if holder.get("controller", holder.get("host")) != socket.gethostname():
+        return False
+    pid = int(holder.get("pid") or 0)
+    started = process_start(pid) if pid > 0 else None
+    return started is None or (holder.get("pid_start") is not None and started != str(holder["pid_start"]))
+
+
+def describe(holder: dict[str, Any]) -> str:
+    where = holder.get("controller", holder.get("host", "?"))
+    return (f"incident {holder.get('incident')} by {holder.get('operator', '?')} on {where} "
+            f"(pid {holder.get('pid')}) since {holder.get('since')}")
+
+
+def _inventory_key(source: str) -> str:
+    # The same inventory however it is named: a directory, a file in it, a symlink.
+    path = os.path.realpath(source)
+    return os.path.dirname(path) if os.path.isfile(path) else path
+
+
+def lock_path(inventory_sources: list[str]) -> str:
+    key = hashlib.sha256("\n".join(sorted({_inventory_key(s) for s in inventory_sources})).encode()).hexdigest()[:16]
+    return os.path.join(str(state_dir()), "locks", f"{key}.lock")
+
+
+def _read(path: str) -> dict[str, Any] | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd) as handle:
+            doc = json.load(handle)
+        return doc if isinstance(doc, dict) else {}
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+
+
+def break_stale(path: str, judged: dict[str, Any]) -> bool:
+    """Rename the stale lock away (atomic: one breaker wins), then make sure it was the one judged."""
+    aside = f"{path}.stale-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return True  # someone else broke it first
+    moved = _read(aside)
+    if moved != judged:
+        # A new owner linked its lock in between our read and our rename: give it back.
+        with contextlib.suppress(FileExistsError):
+            os.link(aside, path)
+        os.unlink(aside)
+        return False
+    os.unlink(aside)
+    return True
+
+
+def acquire(inventory_sources: list[str], who: dict[str, Any]) -> dict[str, Any]:
+    """Returns {acquired, holder, stale_replaced}."""
+    path = lock_path(inventory_sources)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    record = dict(who, inventory=who.get("inventory") or ", ".join(inventory_sources))
+    stale = None
+    for _ in range(3):
+        # Write the record first, then link it into place: the lock never exists half-written.
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as handle:
+            json.dump(record, handle)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            holder = _read(path)
+            if holder is None:
+                continue  # released meanwhile
+            if holder.get("pid") == record["pid"] and holder.get("controller") == record["controller"]:
+                return {"acquired": True, "holder": holder, "stale_replaced": None}
+            if is_stale(holder):
+                if break_stale(path, holder):
+                    stale = holder
+                continue
+            return {"acquired": False, "holder": holder, "stale_replaced": None}
+        finally:
+            os.unlink(tmp)
+        return {"acquired": True, "holder": record, "stale_replaced": stale}
+    return {"acquired": False, "holder": _read(path) or {}, "stale_replaced": stale}
+
+
+def holder(inventory_sources: list[str]) -> dict[str, Any] | None:
+    """Who holds the lock, without taking it (dry runs); None when free or stale."""
+    found = _read(lock_path(inventory_sources))
+    return None if found is None or is_stale(found) else found
+
+
+def release(inventory_sources: list[str], pid: int) -> bool:
+    path = lock_path(inventory_sources)
+    found = _read(path)
+    if found and found.get("pid") == pid and found.get("controller") == socket.gethostname():
+        os.unlink(path)
+        return True
+    return False
+
+
+def held_locally() -> list[dict[str, Any]]:
+    """Every controller lock in the state directory, with whether it is stale."""
+    found = []
+    root = os.path.join(str(state_dir()), "locks")
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        if name.endswith(".lock"):
+            doc = _read(os.path.join(root, name)) or {}
+            found.append(dict(doc, lock=os.path.join(root, name), stale=is_stale(doc)))
+    return found
