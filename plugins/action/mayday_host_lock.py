@@ -45,19 +45,6 @@ if grep -qF "$MAYDAY_INCIDENT" "$l/owner" && grep -qF "$MAYDAY_PID" "$l/owner"; 
 else echo other; fi
 """
 
-DOCUMENTATION = r"""
-action: mayday_host_lock
-short_description: Take, release or read the mayday run lock on a host
-description:
-  - The per-host half of mayday's run lock (see cli/mayday/locks.py). In check mode C(present)
-    only reads whether the lock is free.
-options:
-  state:
-    description: present takes the lock, absent releases it (only if this run holds it), query reads it.
-    choices: [present, absent, query]
-    default: present
-  incident: {description: The incident id of this run., required: true}
-"""
 
 
 class ActionModule(ActionBase):

@@ -14,24 +14,6 @@ import _mayday_path  # noqa: F401
 
 from mayday import records as mayday_records
 
-DOCUMENTATION = r"""
-action: mayday_incident
-short_description: Open, annotate and close a mayday incident record
-options:
-  state:
-    description: open, event, measure (downtime so far) or close.
-    choices: [open, event, measure, close]
-    required: true
-  scenario: {description: Scenario name (open).}
-  severity: {description: Severity 1-4 (open).}
-  title: {description: One-line title (open).}
-  hosts: {description: Target hosts (open).}
-  incident_dir: {description: The directory returned by open (event, close).}
-  event: {description: Free text for the timeline (event).}
-  outcome: {description: RECOVERED, NOOP, FAILED, REFUSED or DRY-RUN (close).}
-  summary: {description: What happened, in one paragraph (close).}
-  extra: {description: More fields for report.json (close).}
-"""
 
 
 class ActionModule(ActionBase):

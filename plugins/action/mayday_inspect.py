@@ -20,21 +20,6 @@ import mayday_release
 
 from mayday.records import utc_now
 
-DOCUMENTATION = r"""
-action: mayday_inspect
-short_description: Read release state, service states and health; change nothing
-options:
-  release:
-    description: >-
-      Release layout as mayday_recover takes it (root, layout, releases_dir, current_link, target,
-      force); omit on hosts without releases. force allows a named target that is marked failed.
-  services: {description: Services whose state to read.}
-  health: {description: Health checks to probe once.}
-notes:
-  - Result C(release) has layout, current, order (release ids, oldest deploy first, from
-    <root>/.mayday-deploy-history else the release directories' mtimes), failed (ids marked failed),
-    target, already_done, reason and refusal.
-"""
 
 
 ANSWER_MARK = "@mayday-answer:"

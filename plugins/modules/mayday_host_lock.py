@@ -29,7 +29,7 @@ EXAMPLES = r"""
 - name: Pre-flight | lock every host
   mayday_host_lock:
     state: present
-    incident: "{{ mayday_open.incident_id }}"
+    incident: "{{ scenario_open.incident_id }}"
   register: scenario_reach
 """
 
