@@ -18,6 +18,7 @@ import _mayday_path  # noqa: F401
 from mayday import locks
 
 LOCK = locks.HOST_LOCK_DIR
+RUNNER = "/bin/sh -c 'eval \"$(cat)\"'"
 PROBE = f"""
 l={LOCK}
 if [ -L "$l" ]; then echo symlink; exit 0; fi
@@ -53,7 +54,9 @@ class ActionModule(ActionBase):
 
     def _sh(self, script: str, env: dict[str, str]) -> list[str]:
         exports = "".join(f"{k}={shlex.quote(v)}; export {k}; " for k, v in env.items())
-        out = self._low_level_execute_command(f"sh -c {shlex.quote(exports + script)}", sudoable=True)
+        # On stdin, not as an argument: with become over SSH, ansible adds a tty (-tt) unless the
+        # command has input, and a tty turns newlines into CRLF and mixes stderr into the answer.
+        out = self._low_level_execute_command(RUNNER, in_data=(exports + script).encode(), sudoable=True)
         if out.get("rc") != 0:
             raise AnsibleActionFail(f"host lock: {(out.get('stderr') or out.get('stdout') or '').strip()[:300]}")
         return (out.get("stdout") or "").strip().splitlines()

@@ -15,7 +15,6 @@ import _mayday_path  # noqa: F401
 from mayday import records as mayday_records
 
 
-
 class ActionModule(ActionBase):
     _supports_check_mode = True
     TRANSFERS_FILES = False

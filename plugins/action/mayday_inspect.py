@@ -20,8 +20,6 @@ import mayday_release
 
 from mayday.records import utc_now
 
-
-
 ANSWER_MARK = "@mayday-answer:"
 # Runs the probe read whole from stdin (so no command in it can read the rest of the script).
 PROBE_RUNNER = """/bin/sh -c 'eval "$(cat)"'"""

@@ -14,6 +14,7 @@ import pytest
 from lab_helpers import (
     APP,
     MAYDAY,
+    PREFIX,
     PRUNE_RELEASES,
     ROOT,
     WEB_HOSTS,
@@ -71,7 +72,7 @@ def lab_up() -> None:
     assert up.returncode == 0, f"mayday lab up failed:\n{up.stdout}\n{up.stderr}"
     ensure_running()
     # A database restore ends by checking the app: give it a healthy release to check.
-    health = subprocess.run(["/usr/bin/docker", "exec", "mayday-lab-web1", "curl", "-s", "-o", "/dev/null", "-w",
+    health = subprocess.run(["/usr/bin/docker", "exec", PREFIX + "web1", "curl", "-s", "-o", "/dev/null", "-w",
                              "%{http_code}", "http://127.0.0.1/health-check"], capture_output=True, text=True,
                             check=False)
     if health.stdout != "200":

@@ -17,7 +17,9 @@ VENV_BIN = ROOT / ".venv" / "bin"
 MAYDAY = str(VENV_BIN / "mayday")
 ANSIBLE_PLAYBOOK = str(VENV_BIN / "ansible-playbook")
 DOCKER = "/usr/bin/docker"
-PREFIX = "mayday-lab-"
+# The lab under test: containers <MAYDAY_LAB_NAME>-web1 ... (default mayday-lab), as `mayday lab up` names them.
+LAB_NAME = os.environ.get("MAYDAY_LAB_NAME") or "mayday-lab"
+PREFIX = LAB_NAME + "-"
 WEB_HOSTS = ("web1", "web2")
 DB_HOST = "db1"
 LAB_HOSTS = (*WEB_HOSTS, DB_HOST, "pg1")
@@ -83,9 +85,17 @@ def ensure_running() -> None:
         wait_booted(stopped)
 
 
+def lab_inventory_args() -> list[str]:
+    """ansible-playbook arguments pointing inventories/lab (the default lab's container names) at the
+    lab under test, as `mayday lab` does when MAYDAY_LAB_NAME names another lab."""
+    if LAB_NAME == "mayday-lab":
+        return []
+    return ["-e", json.dumps({"ansible_host": PREFIX + "{{ inventory_hostname }}"})]
+
+
 def run_setup_playbook() -> None:
-    out = subprocess.run([ANSIBLE_PLAYBOOK, str(ROOT / "playbooks" / "lab" / "setup.yml")], cwd=ROOT,
-                         env=base_env(), capture_output=True, text=True, check=False, timeout=300)
+    out = subprocess.run([ANSIBLE_PLAYBOOK, str(ROOT / "playbooks" / "lab" / "setup.yml"), *lab_inventory_args()],
+                         cwd=ROOT, env=base_env(), capture_output=True, text=True, check=False, timeout=300)
     assert out.returncode == 0, f"playbooks/lab/setup.yml failed:\n{out.stdout[-3000:]}{out.stderr[-2000:]}"
 
 
