@@ -15,8 +15,10 @@ import getpass
 import hashlib
 import json
 import os
+import shlex
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 from mayday.paths import state_dir
@@ -153,3 +155,82 @@ def held_locally() -> list[dict[str, Any]]:
             doc = _read(os.path.join(root, name)) or {}
             found.append(dict(doc, lock=os.path.join(root, name), stale=is_stale(doc)))
     return found
+
+
+# -- the lock on each host: POSIX shell, so it rides in the same exec as a pre-flight probe -------
+_HOST = f"l={HOST_LOCK_DIR}\n"
+QUERY_SCRIPT = _HOST + """if [ -L "$l" ]; then echo symlink
+elif [ -d "$l" ]; then echo held; head -c 4096 "$l/owner" 2>/dev/null; echo
+else echo free; fi
+"""
+# mkdir is the atomic test-and-set; the owner record is written inside the new 0700 directory.
+TAKE_SCRIPT = _HOST + """( umask 077; mkdir -p "${l%/*}" 2>/dev/null
+if [ -L "$l" ]; then echo symlink
+elif mkdir "$l" 2>/dev/null; then printf '%s\\n' "$MAYDAY_OWNER" > "$l/owner" && echo taken
+else echo held; head -c 4096 "$l/owner" 2>/dev/null; echo; fi )
+"""
+# Renaming the stale lock aside is atomic; it is removed only if it is still the one judged stale.
+BREAK_SCRIPT = _HOST + """aside="$l.stale.$$"
+if mv "$l" "$aside" 2>/dev/null; then
+  if [ "$(head -c 4096 "$aside/owner" 2>/dev/null)" = "$MAYDAY_JUDGED" ]; then rm -rf "$aside"; echo broken
+  else mv "$aside" "$l" 2>/dev/null || rm -rf "$aside"; echo changed; fi
+else echo gone; fi
+"""
+RELEASE_SCRIPT = _HOST + """if [ ! -d "$l" ] || [ -L "$l" ]; then echo free
+elif grep -qF "$MAYDAY_INCIDENT" "$l/owner" && grep -qF "$MAYDAY_PID" "$l/owner"; then rm -rf "$l" && echo released
+else echo other; fi
+"""
+
+
+def shell_env(env: dict[str, str]) -> str:
+    return "".join(f"{k}={shlex.quote(v)}; export {k}; " for k, v in env.items()) + "\n"
+
+
+def owner_keys(owner_doc: dict[str, Any]) -> dict[str, str]:
+    """What identifies this run's lock on a host (json.dumps with sort_keys puts a comma after each)."""
+    return {"incident": json.dumps({"incident": owner_doc["incident"]})[1:-1] + ",",
+            "pid": json.dumps({"pid": owner_doc["pid"]})[1:-1] + ","}
+
+
+def host_lock_script(owner_doc: dict[str, Any], dry: bool) -> str:
+    if dry:
+        return QUERY_SCRIPT
+    return shell_env({"MAYDAY_OWNER": json.dumps(owner_doc, sort_keys=True)}) + TAKE_SCRIPT
+
+
+def release_script(owner_doc: dict[str, Any]) -> str:
+    keys = owner_keys(owner_doc)
+    return shell_env({"MAYDAY_INCIDENT": keys["incident"], "MAYDAY_PID": keys["pid"]}) + RELEASE_SCRIPT
+
+
+def _holder_of(lines: list[str]) -> tuple[dict[str, Any], str]:
+    raw = lines[1] if len(lines) > 1 else ""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        doc = {}
+    return (doc if isinstance(doc, dict) else {}), raw
+
+
+def judge_host_lock(lines: list[str], owner_doc: dict[str, Any], dry: bool,
+                    run: Callable[[str], list[str]]) -> dict[str, Any]:
+    """Reads what the lock script printed; breaks a stale lock of this controller and takes it."""
+    result: dict[str, Any] = {}
+    for _attempt in range(2):
+        if dry or not lines or lines[0] != "held":
+            break
+        holder_doc, raw = _holder_of(lines)
+        if not (holder_doc and is_stale(holder_doc)):
+            break
+        run(shell_env({"MAYDAY_JUDGED": raw}) + BREAK_SCRIPT)
+        result["stale_replaced"] = holder_doc
+        lines = run(host_lock_script(owner_doc, dry=False))
+    found = lines[0] if lines else "?"
+    holder_doc = _holder_of(lines)[0] if found == "held" else {}
+    if found == "held" and dry and holder_doc and is_stale(holder_doc):
+        found = "free"  # a real run would break it
+    result.update(lock=found, holder=holder_doc)
+    if found in ("held", "symlink"):
+        result["lock_msg"] = (f"locked by {describe(holder_doc)}" if holder_doc
+                              else f"{HOST_LOCK_DIR} exists but is not a mayday lock ({found}); remove it by hand")
+    return result

@@ -94,7 +94,7 @@ def reachability(probes: dict[str, Any]) -> Preflight:
     """Generic pre-flight: every host answered its lock probe, and no other run holds a host."""
     unreachable, broken = _silent(probes)
     refusals = ([f"does not answer: {', '.join(unreachable)}"] if unreachable else []) + broken
-    held = [f"{h} is {p.get('msg') or 'locked by another run'}" for h, p in probes.items()
+    held = [f"{h} is {p.get('lock_msg') or 'locked by another run'}" for h, p in probes.items()
             if isinstance(p, dict) and p.get("lock") in ("held", "symlink") and not p.get("failed")]
     if held:
         refusals.append("another run holds hosts of this run: " + "; ".join(held) + "; wait for it to finish")

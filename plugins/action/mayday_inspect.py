@@ -17,11 +17,14 @@ sys.path.insert(1, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import _mayday_path  # noqa: F401
 import mayday_http
 import mayday_release
+from _mayday_exec import run_on_host, run_owner
 
+from mayday import locks
 from mayday.records import utc_now
 
 ANSWER_MARK = "@mayday-answer:"
 # Runs the probe read whole from stdin (so no command in it can read the rest of the script).
+LOCK_END = "@mayday-lock-end"
 PROBE_RUNNER = """/bin/sh -c 'eval "$(cat)"'"""
 
 
@@ -132,11 +135,22 @@ class ActionModule(ActionBase):
         # The probe goes on stdin, as pipelined modules do: a command without input that may become
         # another user gets a pty from the ssh connection (-tt), which turns every \n of the answer
         # into \r\n and mixes stderr into it.
-        out = self._low_level_execute_command(PROBE_RUNNER, in_data=probe_script(release, services, health).encode(),
-                                              sudoable=True)
+        script = probe_script(release, services, health)
+        # Taking this run's host lock rides in the same exec: no extra round trip per host.
+        incident = str(args.get("lock_incident") or "")
+        dry = bool(self._task.check_mode)
+        owner = run_owner(incident, task_vars or {}) if incident else {}
+        if incident:
+            script = locks.host_lock_script(owner, dry) + f"echo {LOCK_END}\n" + script
+        out = self._low_level_execute_command(PROBE_RUNNER, in_data=script.encode(), sudoable=True)
         if out.get("rc") != 0:
             raise AnsibleActionFail(f"inspection failed on the host: {out.get('stderr', '').strip()[:300]}")
-        seen = parse(out.get("stdout", ""), release, health, checked_at)
+        stdout = out.get("stdout", "")
+        if incident:
+            lock_lines, _, stdout = stdout.partition(LOCK_END + "\n")
+            result.update(locks.judge_host_lock(lock_lines.strip().splitlines(), owner, dry,
+                                                lambda more: run_on_host(self, more)))
+        seen = parse(stdout, release, health, checked_at)
         if release:
             result["release"] = judge(seen["state"], release)
         result.update(changed=False, services=seen["services"], health=seen["health"],

@@ -8,9 +8,16 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import sys
 
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _mayday_path  # noqa: F401
+from _mayday_exec import run_owner
+
+from mayday import locks
 
 UTILS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "module_utils")
 # Dependency order: each may import the ones before it.
@@ -33,6 +40,23 @@ try:
 except core.Refused as exc:
     result = {"failed": True, "refused": True, "changed": False, "ok": False, "msg": str(exc),
               "steps": [], "health": []}
+unlock = payload.get("unlock")
+if unlock:  # release this run's host lock in the same exec (mayday.locks RELEASE_SCRIPT's rule)
+    import os, shutil
+    lock = unlock["path"]
+    try:
+        if not os.path.isdir(lock) or os.path.islink(lock):
+            result["host_lock"] = "free"
+        else:
+            with open(os.path.join(lock, "owner")) as handle:
+                owner = handle.read(4096)
+            if unlock["incident"] in owner and unlock["pid"] in owner:
+                shutil.rmtree(lock)
+                result["host_lock"] = "released"
+            else:
+                result["host_lock"] = "other"
+    except OSError as exc:
+        result["host_lock"] = "error: " + str(exc)
 sys.stdout.write(json.dumps(result))
 """
 
@@ -53,6 +77,7 @@ class ActionModule(ActionBase):
         result = super().run(tmp, task_vars)
         task_vars = task_vars or {}
         args = dict(self._task.args)
+        unlock_incident = args.pop("unlock_incident", None)
         if args.pop("use_module", False) or not self._connection.has_pipelining:
             result.update(self._execute_module(module_name="mayday_recover", module_args=args, task_vars=task_vars))
             return result
@@ -60,7 +85,11 @@ class ActionModule(ActionBase):
             result.update(changed=True, ok=True, steps=[], health=[], msg="check mode: nothing restored")
             return result
         python = self._templar.template(task_vars.get("ansible_python_interpreter") or "/usr/bin/python3")
-        payload = json.dumps({"sources": _sources(), "args": args, "check_mode": bool(self._task.check_mode)}).encode()
+        unlock = None
+        if unlock_incident and not self._task.check_mode:
+            unlock = dict(locks.owner_keys(run_owner(str(unlock_incident), task_vars)), path=locks.HOST_LOCK_DIR)
+        payload = json.dumps({"sources": _sources(), "args": args, "check_mode": bool(self._task.check_mode),
+                              "unlock": unlock}).encode()
         out = self._low_level_execute_command(f"{shlex.quote(python)} -c {shlex.quote(BOOTSTRAP)}", in_data=payload,
                                               sudoable=True)
         try:
