@@ -59,7 +59,7 @@ integration: venv host image
 	$(BIN)/pytest -q tests/integration
 
 bench: venv host image
-	$(BIN)/python bench/level1/run.py
+	$(BIN)/python bench/level1/run.py --sizes 1,10,25
 
 clean:
 	-$(BIN)/mayday lab down
