@@ -38,13 +38,12 @@ class HostResult:
         return "RECOVERED" if self.changed else "NOOP"
 
     def as_dict(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"outcome": self.outcome, "changed": self.changed}
+        # The host's own report keys first, flattened, so results.<host>.rows_restored reads directly.
+        doc: dict[str, Any] = {**self.report, "outcome": self.outcome, "changed": self.changed}
         if self.msg:
             doc["msg"] = self.msg
         if self.summary:
             doc["summary"] = self.summary
-        if self.report:
-            doc["report"] = self.report
         return doc
 
 

@@ -267,7 +267,8 @@ def _restore(params, steps, changes, check_mode=False):
     if check_mode:
         for line in plan:
             steps.skip(line, "check mode")
-        return {"backup": manifest["id"], "dry_run": True, "would": plan, "changes": [], "changed": False}
+        # A real run would restore: "changed" says so, as Ansible's own modules do in check mode.
+        return {"backup": manifest["id"], "dry_run": True, "would": plan, "changes": [], "changed": True}
     for line, name, func, args in leftovers:
         changes.append(line)
         steps.run(name, func, *args)

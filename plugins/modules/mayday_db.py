@@ -104,8 +104,9 @@ def do_purge(p, host, steps, changes, check_mode):
                f"saved first to {', '.join(purged['files'])}")
     else:
         msg = f"no webhook rows added since {purged['since']} ({counts}); nothing removed"
-    return {"changed": purged["deleted"] > 0, "msg": msg, "purge": purged, "report": purged,
-            "summary": f"{host}: {msg}"}
+    # In check mode "changed" says what a real run would do, as Ansible's own modules do.
+    changed = found > 0 if check_mode else purged["deleted"] > 0
+    return {"changed": changed, "msg": msg, "purge": purged, "report": purged, "summary": f"{host}: {msg}"}
 
 
 def do_restore(p, host, steps, changes, check_mode):

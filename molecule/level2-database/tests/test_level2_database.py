@@ -58,12 +58,45 @@ def test_writes_resumed(host):
         assert host.check_output("mariadb -N -B -e 'SELECT @@read_only'") == "0"
 
 
+def reports() -> list[dict]:
+    found = [json.loads(p.read_text()) for p in STATE.glob("incidents/*/report.json")]
+    return sorted(found, key=lambda r: r["opened"])
+
+
+def host_result(report: dict, host: str) -> dict:
+    """A host's result: outcome, changed, msg, summary and the restore's report keys, flattened."""
+    result = dict(report["results"][host])
+    return {**(result.pop("report", None) or {}), **result}
+
+
+def test_runs_in_order():
+    # prepare's backup; check: the restore dry; side_effect: the backup dry; converge; idempotence
+    assert [(r["scenario"], r["outcome"]) for r in reports()] == [
+        ("backup", "DONE"), ("level2-database", "DRY-RUN"), ("backup", "DRY-RUN"),
+        ("level2-database", "RECOVERED"), ("level2-database", "NOOP")]
+
+
 def test_report_counts_the_rows(host):
-    reports = [json.loads(p.read_text()) for p in STATE.glob("incidents/*/report.json")]
-    done = [r for r in reports if r["outcome"] == "RECOVERED"]
+    done = [r for r in reports() if r["outcome"] == "RECOVERED"]
     assert len(done) == 1 and done[0]["scenario"] == "level2-database"
-    result = done[0]["results"][name(host)]
+    result = host_result(done[0], name(host))
+    assert result["outcome"] == "RECOVERED" and result["changed"]
     assert result["rows_restored"] >= 100000
+    assert result["backup"] and result["safety_backup"] and result["previous_kept_as"].startswith("app__mayday_pre_")
     phases = [s["step"].strip() for s in done[0]["steps"] if s["host"] == name(host)]
     assert "safety backup of the live database" in phases
     assert any(p.startswith("swap in the restored database") for p in phases)
+
+
+def test_dry_run_verified_the_backup_and_restored_nothing(host):
+    dry_run = next(r for r in reports() if r["scenario"] == "level2-database" and r["outcome"] == "DRY-RUN")
+    result = host_result(dry_run, name(host))
+    assert result["dry_run"] and result["changes"] == []
+    assert result["backup"] == host_result(reports()[0], name(host))["id"], "the latest backup: prepare's"
+
+
+def test_second_restore_of_the_same_backup_is_a_noop(host):
+    first, again = [r for r in reports() if r["scenario"] == "level2-database" and r["outcome"] != "DRY-RUN"]
+    result = host_result(again, name(host))
+    assert result["outcome"] == "NOOP" and not result["changed"] and result["already_restored"]
+    assert result["backup"] == host_result(first, name(host))["backup"]
