@@ -74,8 +74,10 @@ def read_timeline(incident_dir: str) -> list[dict[str, Any]]:
 
 def measure_downtime(events: list[dict[str, Any]]) -> dict[str, Any]:
     """Downtime as mayday saw it: first failed health probe to the last host's first good one after it."""
+    # A rollback that fell back to the release served before reports that health under "restored".
     probes = [(h["checked_at"], bool(h["ok"]), e.get("host"))
-              for e in events for h in (e.get("health") or []) if h.get("checked_at")]
+              for e in events for h in [*(e.get("health") or []), *((e.get("restored") or {}).get("health") or [])]
+              if h.get("checked_at")]
     probes.sort()
     failed = [t for t, ok, _ in probes if not ok]
     if not failed:

@@ -166,7 +166,8 @@ def final(refusals: list[str], results: dict[str, HostResult | None], lost: list
     changed = sorted(h for h, r in acted.items() if r.changed)
     refused = sorted(h for h, r in acted.items() if r.outcome == "REFUSED")
     failed = sorted(h for h, r in acted.items() if r.outcome == "FAILED")
-    failures = [_named(h, acted[h].msg) for h in failed]
+    # A failed host's summary says where it was left (put back, or not): better than the bare error.
+    failures = [_named(h, acted[h].summary or acted[h].msg) for h in failed]
     host_refusals = list(dict.fromkeys(_named(h, acted[h].msg) for h in refused))
     if error:
         failures.append(f"unexpected error: {error}")
@@ -174,10 +175,11 @@ def final(refusals: list[str], results: dict[str, HostResult | None], lost: list
         if refused:
             failures += [f"{r} (refused while {', '.join(changed)} changed)" for r in host_refusals] if changed else (
                 host_refusals)
-        done = [acted[h].summary for h in changed if acted[h].summary and acted[h].outcome != "FAILED"]
+        done = [_named(h, acted[h].summary.rstrip(".")) for h in changed
+                if acted[h].summary and acted[h].outcome != "FAILED"]
         summary = "Failed: " + "; ".join(failures) + "."
         if done:
-            summary += " Changed: " + " ".join(done)
+            summary += " Changed: " + "; ".join(done) + "."
         return Verdict("FAILED", [], failures, hosts, summary + " Escalated for manual intervention.")
     if refused:
         return Verdict("REFUSED", host_refusals, [], hosts, f"Refused before any change: {'; '.join(host_refusals)}.")

@@ -31,7 +31,7 @@ requirements: [enable in ansible.cfg callbacks_enabled]
 # Bookkeeping tasks that say nothing in a timeline unless they fail.
 QUIET_ACTIONS = {"validate_argument_spec", "ansible.builtin.validate_argument_spec", "set_fact",
                  "ansible.builtin.set_fact", "assert", "ansible.builtin.assert"}
-KEPT_FIELDS = ("ok", "release", "health", "delivered", "outcome", "refused", "lock", "stale_replaced")
+KEPT_FIELDS = ("ok", "release", "health", "restored", "delivered", "outcome", "refused", "lock", "stale_replaced")
 
 
 def _phase(task_name: str) -> str:

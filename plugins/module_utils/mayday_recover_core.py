@@ -88,13 +88,32 @@ def apply(params, check_mode=False):
         result["health"] = _verify(steps, params.get("health") or [], version)
         result["ok"] = all(h["ok"] for h in result["health"])
         if result["ok"]:
+            _where(result, layout, f"{before} -> {target}, services restarted, healthy" if layout
+                   else "services restarted, healthy")
             return result
         error = _problems(result["health"])
     result["msg"] = error
     fallback = params.get("fallback_release")
     if layout and fallback and fallback != target and not check_mode:
         result["restored"] = restore(dict(params, restore_release=fallback), steps)
+        back = result["restored"]
+        state = "healthy" if back["ok"] else "still unhealthy: " + back["msg"]
+        _where(result, layout, f"{target} did not recover ({error}); put back {fallback}, the release it served "
+                               f"healthily before the run: {state}")
+    elif layout:
+        _where(result, layout, f"{target} did not recover ({error}); no release answered healthy here before the run, "
+                               f"so the host is left on {target}")
+    else:
+        _where(result, layout, error)
     return result
+
+
+def _where(result, layout, summary):
+    """Where the host was left, for the incident report."""
+    result["summary"] = summary
+    result["report"] = dict(result.get("release") or {}, left_on=layout.state()["current"] if layout else None)
+    if result.get("restored"):
+        result["report"]["put_back"] = {"release": result["restored"]["release"], "ok": result["restored"]["ok"]}
 
 
 def restore(params, steps=None):

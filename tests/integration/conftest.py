@@ -8,6 +8,7 @@ web hosts on releases/v2, no failed markers, services running, database credenti
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Generator
 from pathlib import Path
 
 import pytest
@@ -83,7 +84,10 @@ def lab_up() -> None:
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Lists what tests recorded with record_property("mayday_outcome", ...), e.g. which side of an
-    interrupted restore the live database was found on."""
+    interrupted restore the live database was found on; says so when every test was skipped."""
+    if terminalreporter.config.stash.get(_ALL_SKIPPED, False):
+        terminalreporter.write_line("FAILED: every collected test was skipped; nothing was tested (is the lab up?)",
+                                    red=True, bold=True)
     lines = [f"{report.nodeid}: {value}"
              for reports in terminalreporter.stats.values() for report in reports
              if getattr(report, "when", None) == "call"
@@ -92,3 +96,37 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_sep("-", "mayday outcomes")
         for line in sorted(lines):
             terminalreporter.write_line(line)
+
+
+
+# --- a session that ran nothing must not pass --------------------------------------------------
+# Every test here needs the lab. If something skipped them all (a skip marker, a fixture that
+# skips, a -k that kept only skipped tests), pytest would still exit 0 and report a green run.
+
+_RAN = pytest.StashKey[set[str]]()  # tests that ran: passed, failed, errored, xfailed or xpassed
+_SKIPPED = pytest.StashKey[set[str]]()
+_ALL_SKIPPED = pytest.StashKey[bool]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_RAN] = set()
+    config.stash[_SKIPPED] = set()
+    config.stash[_ALL_SKIPPED] = False
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport,
+                                                                                           pytest.TestReport]:
+    report = yield
+    if report.skipped and not hasattr(report, "wasxfail"):
+        item.config.stash[_SKIPPED].add(item.nodeid)
+    elif report.when == "call" or report.failed:
+        item.config.stash[_RAN].add(item.nodeid)
+    return report
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if session.config.stash[_SKIPPED] and not session.config.stash[_RAN] and exitstatus == pytest.ExitCode.OK:
+        session.config.stash[_ALL_SKIPPED] = True
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

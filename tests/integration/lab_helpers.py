@@ -32,8 +32,10 @@ if MODULE_UTILS not in sys.path:
     sys.path.insert(0, MODULE_UTILS)
 
 
-def docker(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run([DOCKER, *args], capture_output=True, text=True, check=False, timeout=timeout)
+def docker(*args: str, check: bool = True, timeout: float = 60,
+           input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+    out = subprocess.run([DOCKER, *args], capture_output=True, text=True, check=False, timeout=timeout,
+                         input=input_text)
     if check and out.returncode != 0:
         raise AssertionError(f"docker {' '.join(args)} failed ({out.returncode}): {out.stderr.strip()}")
     return out
@@ -181,12 +183,130 @@ systemctl start nginx php8.2-fpm
 
 def reset_lab(good_db_ini: dict[str, str]) -> None:
     ensure_running()
+    clear_host_locks()  # a run killed by an earlier test, or a lock it planted
     for host in WEB_HOSTS:
         dexec(host, RESET_WEB)
     dexec(DB_HOST, "systemctl reset-failed; systemctl start mariadb")
     if db_ini_digests() != good_db_ini:
         run_setup_playbook()
         assert db_ini_digests() == good_db_ini, "setup.yml did not restore /etc/mayday-app/db.ini"
+
+
+# --- releases, failed markers and run locks on the hosts -----------------------------------------
+
+HISTORY = f"{APP}/.mayday-deploy-history"
+HOST_LOCK = "/var/lib/mayday/run.lock"  # mayday.locks.HOST_LOCK_DIR
+# Deploy-time copies the lab's deploy helper keeps of each release it deployed (backup-dir convention).
+DEPLOY_COPIES = ("/var/backups/mayday/api-config", "/var/backups/mayday/frontend")
+
+
+def current_release(host: str) -> str:
+    """The release `current` points at (its directory name), '' when it is not a symlink."""
+    return os.path.basename(dexec(host, f"readlink {APP}/current", check=False).strip())
+
+
+def markers(host: str) -> dict[str, str]:
+    """Each release holding a .mayday-failed entry, and what that entry is: file, symlink or other."""
+    out = dexec(host, f"""
+        for m in {APP}/releases/*/.mayday-failed; do
+            if [ -L "$m" ]; then t=symlink; elif [ -f "$m" ]; then t=file
+            elif [ -e "$m" ]; then t=other; else continue; fi
+            r=${{m%/.mayday-failed}}; echo "${{r##*/}} $t"
+        done""")
+    return dict(line.split(" ", 1) for line in out.splitlines() if line.strip())
+
+
+def mark_failed_by_hand(release: str, incident: str = "INC-EARLIER", hosts: tuple[str, ...] = WEB_HOSTS) -> None:
+    """The marker an earlier rollback leaves on the release it rolled back from."""
+    doc = json.dumps({"marked_at": "2026-01-01T00:00:00Z", "incident": incident, "reason": "test"})
+    for host in hosts:
+        dexec(host, f"printf '%s' '{doc}' > {APP}/releases/{release}/.mayday-failed")
+
+
+def serve_by_hand(release: str, hosts: tuple[str, ...] = WEB_HOSTS, timeout: float = 30) -> None:
+    """Point `current` at a release (nginx resolves it per request) and wait until it answers healthy."""
+    for host in hosts:
+        dexec(host, f"ln -sfn releases/{release} {APP}/current.t && mv -T {APP}/current.t {APP}/current")
+    for host in hosts:
+        wait_healthy(host, release, timeout)
+
+
+def wait_healthy(host: str, release: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        doc = health(host)
+        if doc.get("status") == "healthy" and doc.get("version") == release:
+            return
+        assert time.monotonic() < deadline, f"{host} not healthy on {release} within {timeout:.0f} s: {doc}"
+        time.sleep(0.3)
+
+
+def install_release(release: str, broken: bool = False, hosts: tuple[str, ...] = WEB_HOSTS) -> None:
+    """A deploy by hand, as playbooks/lab/deploy.yml does it minus the shared files (seconds instead of a
+    minute): a copy of the good release v1 as releases/<release> (broken: reading a config file that does
+    not exist), made current, and its line appended to the deploy history."""
+    assert release not in GOOD_RELEASES, release
+    breaking = (f"sed -i 's#{DB_INI}#/etc/mayday-app/db-{release}.ini#' {APP}/releases/{release}/lib/db.php"
+                if broken else "true")
+    for host in hosts:
+        dexec(host, f"""
+            set -e
+            rm -rf {APP}/releases/{release}
+            cp -a {APP}/releases/v1 {APP}/releases/{release}
+            rm -f {APP}/releases/{release}/.mayday-failed
+            {breaking}
+            touch {APP}/releases/{release}
+            ln -sfn releases/{release} {APP}/current.t && mv -T {APP}/current.t {APP}/current
+            printf '%s\t%s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" {release} >> {HISTORY}
+        """)
+
+
+def lab_deploy(release: str, broken: bool = False) -> None:
+    """`mayday lab deploy`: the lab's real deploy helper (about a minute on a busy 2-core machine)."""
+    out = subprocess.run([MAYDAY, "lab", "deploy", "--release", release, *(["--broken"] if broken else [])],
+                         cwd=ROOT, env=base_env(), capture_output=True, text=True, check=False, timeout=600)
+    assert out.returncode == 0, f"mayday lab deploy --release {release} failed:\n{out.stdout}\n{out.stderr}"
+
+
+def prune_test_releases(hosts: tuple[str, ...] = WEB_HOSTS) -> None:
+    """Releases other than v1 and v2 gone, with the deploy-time copies the deploy helper kept of them."""
+    keep = "|".join(f"*-{r}" for r in GOOD_RELEASES)
+    copies = " ".join(DEPLOY_COPIES)
+    for host in hosts:
+        dexec(host, f"""
+            [ -d {APP}/releases ] && {{ {PRUNE_RELEASES}; }}
+            for d in {copies}; do [ -d "$d" ] || continue; for c in "$d"/*/; do c=${{c%/}}
+                case "$c" in {keep}) ;; *) rm -rf -- "$c" ;; esac; done; done
+        """)
+
+
+def host_lock(host: str) -> dict[str, Any] | None:
+    """The run lock on a host: None when there is none; its owner record (raw text under "raw" when
+    it is not JSON)."""
+    out = dexec(host, f"[ -e {HOST_LOCK} ] || [ -L {HOST_LOCK} ] || exit 0; echo held; "
+                      f"cat {HOST_LOCK}/owner 2>/dev/null")
+    if not out.startswith("held"):
+        return None
+    raw = out.split("\n", 1)[1].strip() if "\n" in out else ""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return {"raw": raw}
+    return doc if isinstance(doc, dict) else {"raw": raw}
+
+
+def plant_host_lock(host: str, owner: dict[str, Any]) -> str:
+    """A host lock as another run (of this or another controller) would have taken it; returns the owner text."""
+    text = json.dumps(owner, sort_keys=True)
+    docker("exec", "-i", PREFIX + host, "sh", "-c",
+           f"umask 077; mkdir -p {HOST_LOCK} && cat > {HOST_LOCK}/owner", input_text=text + "\n")
+    return text
+
+
+def clear_host_locks(hosts: tuple[str, ...] = LAB_HOSTS) -> None:
+    """No run lock left on the hosts (a stopped host is skipped)."""
+    for host in hosts:
+        dexec(host, f"rm -rf {HOST_LOCK} {HOST_LOCK}.stale.*", check=False)
 
 
 # --- databases: db1 (MariaDB) and pg1 (PostgreSQL + pgbouncer) ---------------------------------

@@ -22,6 +22,7 @@ from lab_helpers import (
     ANSIBLE_PLAYBOOK,
     APP,
     DB_HOST,
+    LAB_HOSTS,
     PREFIX,
     ROOT,
     WEB_HOSTS,
@@ -29,10 +30,13 @@ from lab_helpers import (
     dexec,
     docker,
     health,
+    host_lock,
     run_setup_playbook,
     snapshot,
     wait_booted,
 )
+
+from mayday import locks
 
 pytestmark = pytest.mark.usefixtures("broken_lab")
 
@@ -110,12 +114,11 @@ def test_unknown_release_is_refused_with_the_valid_ones(mayday: Mayday) -> None:
 def write_lock(mayday: Mayday, monkeypatch: pytest.MonkeyPatch, pid: int) -> Path:
     """The lock file of the lab inventory, as another run holding it would have written it."""
     monkeypatch.setenv("MAYDAY_STATE_DIR", str(mayday.state_dir))
-    import mayday_records
-
-    path = Path(mayday_records.lock_path([str((ROOT / "inventories" / "lab").resolve())]))
+    path = Path(locks.lock_path([str((ROOT / "inventories" / "lab").resolve())]))
     assert path.is_relative_to(mayday.state_dir), path
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "incident": "INC-OTHER", "since": "x"}))
+    path.write_text(json.dumps({"incident": "INC-OTHER", "operator": "other", "controller": socket.gethostname(),
+                                "pid": pid, "pid_start": locks.process_start(pid), "since": "x"}))
     return path
 
 
@@ -179,6 +182,8 @@ def test_controller_killed_mid_run_leaves_a_recoverable_lab(mayday: Mayday) -> N
     assert mayday.last_report()["outcome"] in ("RECOVERED", "NOOP")
     assert_serves("v1")
     assert not lock_files(mayday), "the stale lock should be replaced, then released"
+    held = {h: host_lock(h) for h in LAB_HOSTS}
+    assert all(v is None for v in held.values()), f"host locks left: {held}"
 
 
 # --- hosts and environments ---------------------------------------------------------------------

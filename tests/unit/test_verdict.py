@@ -129,3 +129,11 @@ def test_level1_summary_names_targets_and_services_in_order() -> None:
         "db1": HostResult("db1", changed=True, steps=[{"step": "restart mariadb"}])}
     text = verdict.level1_describe(results, {"web1": "b"}, check_mode=False)
     assert text == "Rolled back web1 to b, restarted nginx, php8.2-fpm, mariadb in that order and verified health."
+
+
+def test_a_failed_hosts_summary_says_where_it_was_left() -> None:
+    left = HostResult("web1", changed=True, failed=True, msg="http://x: status 500",
+                      summary="b did not recover (status 500); put back a, the release it served healthily before "
+                              "the run: healthy")
+    v = final([], {"web1": left}, [])
+    assert v.outcome == "FAILED" and "web1: b did not recover" in v.summary and "put back a" in v.summary
