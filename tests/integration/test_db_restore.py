@@ -10,6 +10,10 @@ be entirely the old one or entirely the restored one, and a second run must fini
 
 Only db1 and pg1 are touched (the web hosts are only probed, read-only, by the restore's own
 post-restore app health check). Every test has its own MAYDAY_STATE_DIR.
+
+A restore of the backup that is already live (same database, by identity) is a NOOP: writes made
+since are kept. Each test's bad migration stands for a live database mayday did not restore, so the
+`bad` fixture forgets the last restore record before applying it (see `forget_last_restore`).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from lab_helpers import (
     wait_booted,
     wait_db_answers,
 )
+from mayday_db_backups import LAST_RESTORE_FILE  # plugins/module_utils, on sys.path through lab_helpers
 
 pytestmark = pytest.mark.usefixtures("lab_up")
 
@@ -117,6 +122,20 @@ def web_healthy() -> bool:
     return all(health(host).get("status") == "healthy" for host in WEB_HOSTS)
 
 
+def host_result(report: dict[str, Any], host: str) -> dict[str, Any]:
+    """A host's result in report.json: outcome, changed, msg, summary and the restore's report keys,
+    flattened (whether the report nests them under `report` or not)."""
+    result = dict((report.get("results") or {}).get(host) or {})
+    nested = result.pop("report", None)
+    return {**(nested if isinstance(nested, dict) else {}), **result}
+
+
+def forget_last_restore(db: LabDb) -> None:
+    """Removes the host's record of the last restore (plugins/module_utils/mayday_db_backups.py,
+    LAST_RESTORE_FILE): the live database then counts as one mayday did not restore."""
+    db.bash(f"rm -f {BACKUP_DIR}/{LAST_RESTORE_FILE}")
+
+
 def assert_recovered(result: subprocess.CompletedProcess[str], mayday: Mayday, loaded: Loaded) -> dict[str, Any]:
     """The restore ran to its end from the fixture's backup; returns its per-host report.
 
@@ -125,19 +144,21 @@ def assert_recovered(result: subprocess.CompletedProcess[str], mayday: Mayday, l
     is FAILED for that reason alone, which is the documented behaviour and is checked as such.
     """
     report = mayday.last_report()
-    detail = (report.get("results") or {}).get(loaded.db.host) or {}
+    detail = host_result(report, loaded.db.host)
     assert detail.get("backup") == loaded.backup["id"], f"{output(result)}\nreport: {report}"
+    assert detail.get("changed") is True, detail
     assert detail.get("rows_restored") == sum(t["rows"] for t in loaded.backup["tables"].values()), detail
     assert str(detail.get("previous_kept_as", "")).startswith(KEPT_DB_PREFIX), detail
     assert str(detail.get("safety_backup", "")).endswith("-safety"), detail
     if result.returncode == 0:
         assert report["outcome"] == "RECOVERED", report
+        assert detail.get("outcome") == "RECOVERED", detail
         return detail
-    summary = flat(report.get("summary") or "")
-    app_down = (result.returncode == 1 and report["outcome"] == "FAILED"
-                and summary.startswith("database: app unhealthy after the restore") and not web_healthy())
-    assert app_down, f"{output(result)}\nreport summary: {summary}"
-    warnings.warn(f"restore of {loaded.db.host} done, but the web app (not under test) is unhealthy: {summary}",
+    said = flat(f"{detail.get('msg', '')} {detail.get('summary', '')}")
+    app_down = (result.returncode == 1 and report["outcome"] == "FAILED" and detail.get("outcome") == "FAILED"
+                and "app unhealthy after the restore" in said and not web_healthy())
+    assert app_down, f"{output(result)}\nhost result: {detail}\nreport summary: {report.get('summary')}"
+    warnings.warn(f"restore of {loaded.db.host} done, but the web app (not under test) is unhealthy: {said}",
                   stacklevel=2)
     return detail
 
@@ -186,6 +207,7 @@ def loaded(request: pytest.FixtureRequest, lab_up: None, tmp_path_factory: pytes
 def bad(loaded: Loaded, mayday: Mayday) -> dict[str, Any]:
     """Applies the bad migration to the live database (from the good state) and returns its fingerprint."""
     db = loaded.db
+    forget_last_restore(db)
     if db.fingerprint() != loaded.good:  # an earlier test failed half-way: start from the backup again
         result = restore(mayday, db)
         assert_recovered(result, mayday, loaded)
@@ -234,26 +256,48 @@ def side(live: dict[str, Any], bad: dict[str, Any], good: dict[str, Any]) -> str
     return "old" if live == bad else "new"
 
 
-def rerun_and_check(loaded: Loaded, mayday: Mayday, before_rerun: dict[str, Any]) -> dict[str, Any]:
+def kept_databases(db: LabDb) -> list[str]:
+    """Databases restores replaced and kept, oldest first (their names end in a UTC stamp)."""
+    return sorted(name for name in db.databases() if name.startswith(KEPT_DB_PREFIX))
+
+
+def rerun_and_check(loaded: Loaded, mayday: Mayday, before_rerun: dict[str, Any], bad: dict[str, Any],
+                    kept_before: list[str]) -> dict[str, Any]:
     """A second `mayday restore` finishes the job: good data, no shadow, writes allowed, and the
-    database it replaced is kept as it was."""
+    database replaced is kept as it was.
+
+    When the interrupted run had finished on the host (a killed controller does not stop the module
+    running there), the live database is already the copy restored from this backup: the second
+    run is a NOOP (changed false) and the interrupted run kept the old, bad database."""
     db = loaded.db
     leftover_shadow = db.exists(SHADOW_DB)
     result = restore(mayday, db)
-    detail = assert_recovered(result, mayday, loaded)
+    report = mayday.last_report()
+    if report.get("outcome") == "NOOP":
+        detail = host_result(report, db.host)
+        assert result.returncode == 0, output(result)
+        assert before_rerun == loaded.good, f"NOOP while the live database is not the restored one:\n{report}"
+        assert detail.get("changed") is False and detail.get("already_restored") is True, detail
+        assert detail.get("backup") == loaded.backup["id"], detail
+        new_kept = [name for name in kept_databases(db) if name not in kept_before]
+        assert len(new_kept) == 1, f"the interrupted run should have kept one database: {new_kept}"
+        assert kept_fingerprint(db, new_kept[0]) == bad, "the database the interrupted run replaced was not kept"
+    else:
+        detail = assert_recovered(result, mayday, loaded)
+        assert kept_fingerprint(db, detail["previous_kept_as"]) == before_rerun, "the replaced database was not kept"
     assert db.fingerprint() == loaded.good
     assert not db.exists(SHADOW_DB), f"{SHADOW_DB} left behind"
     assert db.writable(), "writes still stopped (MariaDB read_only, or PostgreSQL connections disallowed)"
-    steps = [s.get("step", "").strip() for s in mayday.last_report().get("steps", [])]
+    steps = [s.get("step", "").strip() for s in report.get("steps", [])]
     if leftover_shadow:
         assert "drop the shadow left by an interrupted run" in steps, steps
-    assert kept_fingerprint(db, detail["previous_kept_as"]) == before_rerun, "the replaced database was not kept"
     return detail
 
 
 def test_interrupted_by_container_restart(loaded: Loaded, bad: dict[str, Any], mayday: Mayday, tmp_path: Path,
                                           record_property: Any) -> None:
     db = loaded.db
+    kept_before = kept_databases(db)
     proc = start_restore_until_shadow(db, mayday, tmp_path / "restore.log")
     try:
         docker("restart", db.container, timeout=180)
@@ -266,12 +310,13 @@ def test_interrupted_by_container_restart(loaded: Loaded, bad: dict[str, Any], m
     outcome = side(live, bad, loaded.good)
     record_property("mayday_outcome", f"{db.engine}: restart mid-restore left the {outcome} database live")
 
-    rerun_and_check(loaded, mayday, live)
+    rerun_and_check(loaded, mayday, live, bad, kept_before)
 
 
 def test_interrupted_by_killing_the_controller(loaded: Loaded, bad: dict[str, Any], mayday: Mayday,
                                                tmp_path: Path, record_property: Any) -> None:
     db = loaded.db
+    kept_before = kept_databases(db)
     proc = start_restore_until_shadow(db, mayday, tmp_path / "restore.log")
     stop(proc)
     assert proc.returncode == -signal.SIGKILL, "the controller ended before it could be killed"
@@ -288,7 +333,7 @@ def test_interrupted_by_killing_the_controller(loaded: Loaded, bad: dict[str, An
     outcome = side(live, bad, loaded.good)
     record_property("mayday_outcome", f"{db.engine}: killed controller left the {outcome} database live")
 
-    rerun_and_check(loaded, mayday, live)
+    rerun_and_check(loaded, mayday, live, bad, kept_before)
     assert not list((mayday.state_dir / "locks").glob("*.lock")), "the stale lock should be replaced, then released"
 
 
@@ -389,7 +434,8 @@ def check_webhook_purge(db: LabDb, mayday: Mayday, rows: dict[int, dict[str, Any
     assert result.returncode == 0, output(result)
     report = mayday.last_report()
     assert report["outcome"] == "RECOVERED", report
-    purge = report["results"][db.host]
+    purge = host_result(report, db.host)
+    assert purge["outcome"] == "RECOVERED" and purge["changed"] is True, purge
 
     young = {i for i, r in rows.items() if r["seq"] < 60}  # seq 60 is exactly 60 min old: kept
     assert {i for i, r in rows.items() if r["created_at"] > purge["since"]} == young, purge

@@ -223,9 +223,6 @@ def test_forced_release_that_fails_health_puts_back_the_healthy_one_and_escalate
 
 
 @pytest.mark.usefixtures("extra_releases")
-@pytest.mark.xfail(strict=True, reason="product bug: a failed level 1 host result carries no `report`/`summary` "
-                   "(roles/scenario/README.md contract), so report.json does not say which release a host was left on "
-                   "when none answered healthy before the run")
 def test_target_failing_health_with_no_healthy_release_before_reports_where_hosts_were_left(mayday: Mayday) -> None:
     install_release("broken-x", broken=True)
     for host in WEB_HOSTS:  # v2 live again: broken-x is deployed but not current
