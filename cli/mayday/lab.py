@@ -106,7 +106,7 @@ def up(web_count: int = 2) -> list[str]:
                "--network-alias", name, "--label", "mayday.lab=1", "--label", f"mayday.lab.name={network}",
                *SYSTEMD_FLAGS, f"mayday-lab-{role}:latest")
         started.append(name)
-    wait_booted(list(lab_hosts(web_count)))
+    wait_booted(list(lab_hosts(web_count)), timeout=90 + 5 * web_count)  # systemd boots queue on 2 cores
     return started
 
 def containers() -> list[str]:

@@ -37,9 +37,10 @@ class HostResult:
             return "FAILED"
         return "RECOVERED" if self.changed else "NOOP"
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, check_mode: bool = False) -> dict[str, Any]:
         # The host's own report keys first, flattened, so results.<host>.rows_restored reads directly.
-        doc: dict[str, Any] = {**self.report, "outcome": self.outcome, "changed": self.changed}
+        outcome = "DRY-RUN" if check_mode and self.outcome == "RECOVERED" else self.outcome
+        doc: dict[str, Any] = {**self.report, "outcome": outcome, "changed": self.changed}
         if self.msg:
             doc["msg"] = self.msg
         if self.summary:
@@ -160,7 +161,7 @@ def final(refusals: list[str], results: dict[str, HostResult | None], lost: list
     acted = {h: r for h, r in results.items() if r is not None}
     for host in lost:
         acted[host] = HostResult(host, failed=True, msg=f"{host}: lost during the run (unreachable or stopped)")
-    hosts = {h: r.as_dict() for h, r in sorted(acted.items())}
+    hosts = {h: r.as_dict(check_mode) for h, r in sorted(acted.items())}
     if refusals:
         return Verdict("REFUSED", refusals, [], hosts, f"Refused before any change: {'; '.join(refusals)}.")
     changed = sorted(h for h, r in acted.items() if r.changed)

@@ -11,9 +11,9 @@ be entirely the old one or entirely the restored one, and a second run must fini
 Only db1 and pg1 are touched (the web hosts are only probed, read-only, by the restore's own
 post-restore app health check). Every test has its own MAYDAY_STATE_DIR.
 
-A restore of the backup that is already live (same database, by identity) is a NOOP: writes made
-since are kept. Each test's bad migration stands for a live database mayday did not restore, so the
-`bad` fixture forgets the last restore record before applying it (see `forget_last_restore`).
+A restore of the backup that is already live and unchanged since (same database by identity, same
+rows) is a NOOP. Each test's bad migration changes the rows, so a restore after it restores again,
+even right after an earlier restore of the same backup.
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ from lab_helpers import (
     wait_booted,
     wait_db_answers,
 )
-from mayday_db_backups import LAST_RESTORE_FILE  # plugins/module_utils, on sys.path through lab_helpers
 
 pytestmark = pytest.mark.usefixtures("lab_up")
 
@@ -130,12 +129,6 @@ def host_result(report: dict[str, Any], host: str) -> dict[str, Any]:
     return {**(nested if isinstance(nested, dict) else {}), **result}
 
 
-def forget_last_restore(db: LabDb) -> None:
-    """Removes the host's record of the last restore (plugins/module_utils/mayday_db_backups.py,
-    LAST_RESTORE_FILE): the live database then counts as one mayday did not restore."""
-    db.bash(f"rm -f {BACKUP_DIR}/{LAST_RESTORE_FILE}")
-
-
 def assert_recovered(result: subprocess.CompletedProcess[str], mayday: Mayday, loaded: Loaded) -> dict[str, Any]:
     """The restore ran to its end from the fixture's backup; returns its per-host report.
 
@@ -207,7 +200,6 @@ def loaded(request: pytest.FixtureRequest, lab_up: None, tmp_path_factory: pytes
 def bad(loaded: Loaded, mayday: Mayday) -> dict[str, Any]:
     """Applies the bad migration to the live database (from the good state) and returns its fingerprint."""
     db = loaded.db
-    forget_last_restore(db)
     if db.fingerprint() != loaded.good:  # an earlier test failed half-way: start from the backup again
         result = restore(mayday, db)
         assert_recovered(result, mayday, loaded)

@@ -137,3 +137,9 @@ def test_a_failed_hosts_summary_says_where_it_was_left() -> None:
                               "the run: healthy")
     v = final([], {"web1": left}, [])
     assert v.outcome == "FAILED" and "web1: b did not recover" in v.summary and "put back a" in v.summary
+
+
+def test_a_dry_run_reports_hosts_as_dry_run_not_recovered() -> None:
+    v = final([], {"web1": changed("web1"), "web2": HostResult("web2")}, [], check_mode=True)
+    assert v.outcome == "DRY-RUN"
+    assert v.hosts["web1"]["outcome"] == "DRY-RUN" and v.hosts["web2"]["outcome"] == "NOOP"
