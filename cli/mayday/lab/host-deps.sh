@@ -28,3 +28,9 @@ if ! "$docker_cli" info >/dev/null 2>&1; then
   done
   "$docker_cli" info >/dev/null 2>&1 || { echo "host-deps: dockerd did not start, see /var/log/mayday-dockerd.log" >&2; exit 1; }
 fi
+
+# Every lab container runs its own systemd, which holds several inotify instances: the kernel's
+# default of 128 per user runs out near 20 containers and systemd then never finishes booting.
+if [ "$(sysctl -n fs.inotify.max_user_instances 2>/dev/null || echo 0)" -lt 1024 ]; then
+  sysctl -qw fs.inotify.max_user_instances=1024 || echo "host-deps: could not raise fs.inotify.max_user_instances" >&2
+fi
