@@ -102,8 +102,23 @@ class ActionModule(ActionBase):
 
     # -- judge --------------------------------------------------------------------------------
     def _host_values(self, task_vars, var: str, hosts: list[str]) -> dict[str, Any]:
+        """Each host's registered result or set_fact value named `var`.
+
+        Read from the variable manager's per-host store of registered results and set_facts: going
+        through hostvars[host] computes all of a host's variables (inventory, group_vars, ...),
+        which costs seconds on 10 hosts for a value that is plain data already.
+        """
         hostvars = task_vars.get("hostvars") or {}
-        return {h: _plain(hostvars[h].get(var)) if h in hostvars else None for h in hosts}
+        store = getattr(getattr(hostvars, "_variable_manager", None), "_nonpersistent_fact_cache", None)
+        values = {}
+        for host in hosts:
+            if store is not None and var in store.get(host, {}):
+                values[host] = _plain(store[host][var])
+            elif store is not None:
+                values[host] = None  # never registered on that host: it took no part
+            else:  # another ansible-core: the public, slower way
+                values[host] = _plain(hostvars[host].get(var)) if host in hostvars else None
+        return values
 
     def _judge(self, scenario, args, task_vars) -> dict[str, Any]:
         opened = args.get("opened") or {}
