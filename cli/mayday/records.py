@@ -11,7 +11,6 @@ import os
 import time
 from typing import Any
 
-from mayday.outcomes import OUTCOMES  # noqa: F401  (re-exported: the incident action checks outcomes)
 from mayday.paths import state_dir as _state_path
 
 

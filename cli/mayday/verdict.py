@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from mayday.locks import HOST_LOCK_DIR
+
 PRODUCTION_UP = "production is up"
 
 
@@ -97,7 +99,10 @@ def reachability(probes: dict[str, Any]) -> Preflight:
     held = [f"{h} is {p.get('lock_msg') or 'locked by another run'}" for h, p in probes.items()
             if isinstance(p, dict) and p.get("lock") in ("held", "symlink") and not p.get("failed")]
     if held:
-        refusals.append("another run holds hosts of this run: " + "; ".join(held) + "; wait for it to finish")
+        # At 3 a.m. the holder may be a controller that died: say how to get past it, not only who.
+        refusals.append("another run holds hosts of this run: " + "; ".join(held) + "; wait for it to finish, "
+                        f"or, if that run is gone (its controller died), remove {HOST_LOCK_DIR} on those hosts "
+                        "(`mayday status` shows every holder)")
     return Preflight(refusals)
 
 

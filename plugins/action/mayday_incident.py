@@ -13,6 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _mayday_path  # noqa: F401
 
 from mayday import records as mayday_records
+from mayday.outcomes import OUTCOMES
 
 
 class ActionModule(ActionBase):
@@ -49,8 +50,8 @@ class ActionModule(ActionBase):
                 mayday_records.read_timeline(self._incident_dir(args)))
         elif state == "close":
             outcome = args.get("outcome")
-            if outcome not in mayday_records.OUTCOMES:
-                raise AnsibleActionFail(f"outcome must be one of {', '.join(mayday_records.OUTCOMES)}")
+            if outcome not in OUTCOMES:
+                raise AnsibleActionFail(f"outcome must be one of {', '.join(OUTCOMES)}")
             if self._task.check_mode and outcome != "REFUSED":
                 outcome = "DRY-RUN"
             report = mayday_records.close_incident(self._incident_dir(args), outcome, args.get("summary") or "",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from lab_helpers import (
@@ -130,3 +131,32 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if session.config.stash[_SKIPPED] and not session.config.stash[_RAN] and exitstatus == pytest.ExitCode.OK:
         session.config.stash[_ALL_SKIPPED] = True
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# Shared by test_scenario_dry_runs.py and test_level2_defects.py (their helpers live in the former).
+@pytest.fixture(scope="module")
+def small_dbs(lab_up: None, tmp_path_factory: pytest.TempPathFactory) -> Generator[Any, None, None]:
+    """Small app tables on db1 and pg1 so each restore takes seconds; removed again afterwards."""
+    from test_scenario_dry_runs import (
+        LAB_DBS,
+        backup_files,
+        cleanup_databases,
+        prepare_databases,
+        resume_writes_by_hand,
+    )
+
+    before = {db.host: (set(db.databases()), backup_files(db)) for db in LAB_DBS.values()}
+    try:
+        yield prepare_databases(tmp_path_factory.mktemp("state-small-dbs"))
+    finally:
+        for db in LAB_DBS.values():
+            resume_writes_by_hand(db)
+        cleanup_databases(before)
+
+
+@pytest.fixture(scope="module")
+def web_ready(lab_up: None) -> None:
+    """Both web hosts healthy, each with the deploy-time copies level 2 api and frontend restore."""
+    from test_scenario_dry_runs import ensure_web_ready
+
+    ensure_web_ready()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,38 +39,17 @@ from test_scenario_dry_runs import (
     SHARED,
     SmallDatabases,
     assert_same,
-    backup_files,
     break_data,
-    cleanup_databases,
     controller_locks,
-    ensure_web_ready,
     host_result,
     host_snapshot,
     lab_snapshot,
     notification_lines,
     output,
-    prepare_databases,
-    resume_writes_by_hand,
     table_rows,
 )
 
 pytestmark = pytest.mark.usefixtures("lab_up")
-
-
-@pytest.fixture(scope="module")
-def small_dbs(lab_up: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmallDatabases]:
-    before = {db.host: (set(db.databases()), backup_files(db)) for db in LAB_DBS.values()}
-    try:
-        yield prepare_databases(tmp_path_factory.mktemp("state-small-dbs"))
-    finally:
-        for db in LAB_DBS.values():
-            resume_writes_by_hand(db)
-        cleanup_databases(before)
-
-
-@pytest.fixture(scope="module")
-def web_ready(lab_up: None) -> None:
-    ensure_web_ready()
 
 
 # --- several hosts, one refusing -----------------------------------------------------------------

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -308,17 +308,6 @@ def cleanup_databases(before: dict[str, tuple[set[str], set[str]]]) -> None:
             db.bash(f"cd {BACKUP_DIR} && rm -f -- " + " ".join(new))
 
 
-@pytest.fixture(scope="module")
-def small_dbs(lab_up: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmallDatabases]:
-    before = {db.host: (set(db.databases()), backup_files(db)) for db in LAB_DBS.values()}
-    try:
-        yield prepare_databases(tmp_path_factory.mktemp("state-small-dbs"))
-    finally:
-        for db in LAB_DBS.values():
-            resume_writes_by_hand(db)
-        cleanup_databases(before)
-
-
 # --- web hosts -----------------------------------------------------------------------------------
 
 
@@ -334,11 +323,6 @@ def ensure_web_ready() -> None:
                                 capture_output=True, text=True, check=False, timeout=600)
         assert deploy.returncode == 0, output(deploy)
     assert all(ready(host) for host in WEB_HOSTS), "web hosts not healthy with deploy-time copies after a deploy"
-
-
-@pytest.fixture(scope="module")
-def web_ready(lab_up: None) -> None:
-    ensure_web_ready()
 
 
 # --- breaking things for real --------------------------------------------------------------------
