@@ -2,6 +2,7 @@
 #   open:   check the extra vars against the scenario table, open the incident, confirm
 #           production, take the lock (check mode: only report whether it is free);
 #   judge:  read every host's pre-flight probe and decide refusals and NOOP before any change;
+#   settle: name the hosts whose lock this run still holds, for the unlock that follows;
 #   finish: judge every host's result, measure downtime, notify, write the report, release the
 #           lock, and fail the run unless it recovered.
 # Each stage reads all hosts' results once, in Python (mayday.verdict): no verdict in Jinja.
@@ -42,9 +43,10 @@ class ActionModule(ActionBase):
         name = args.get("scenario")
         if name not in SCENARIOS:
             raise AnsibleActionFail(f"unknown scenario {name!r}; valid: {', '.join(SCENARIOS)}")
-        stage = {"open": self._open, "judge": self._judge, "finish": self._finish}.get(args.get("stage"))
+        stage = {"open": self._open, "judge": self._judge, "settle": self._settle,
+                 "finish": self._finish}.get(args.get("stage"))
         if stage is None:
-            raise AnsibleActionFail("stage must be one of open, judge, finish")
+            raise AnsibleActionFail("stage must be one of open, judge, settle, finish")
         result.update(stage(SCENARIOS[name], args, task_vars))
         result["changed"] = False  # bookkeeping on the controller, never host state
         return result
@@ -83,11 +85,16 @@ class ActionModule(ActionBase):
         if environment == "production" and not confirmed and not check_mode:
             refusals.append("this inventory declares itself production: confirm with `mayday ... --yes` "
                             "or -e mayday_confirmed=true")
-        lock: dict[str, Any] = {"taken": False}
-        if scenario.locks and not refusals:
-            if check_mode:
+        # The reach stage does on each host what this does here: take, or only read.
+        lock: dict[str, Any] = {"taken": False,
+                                "host_state": "present" if scenario.takes_lock and not check_mode else "query"}
+        if not refusals:
+            if check_mode or not scenario.takes_lock:
                 holder = locks.holder(sources)
                 lock.update(free=holder is None, holder=holder)
+                if holder and not check_mode:
+                    refusals.append(f"an emergency run holds the lock for this inventory: {locks.describe(holder)}; "
+                                    f"{scenario.name} waits for it to finish")
             else:
                 got = locks.acquire(sources, locks.owner(incident_id, os.environ.get("MAYDAY_RUN_ID"),
                                                          ", ".join(sources)))
@@ -134,6 +141,17 @@ class ActionModule(ActionBase):
         doc = found.as_dict()
         doc["msg"] = "; ".join(found.refusals) or found.reason or "go"
         return doc
+
+    # -- settle -------------------------------------------------------------------------------
+    def _settle(self, scenario, args, task_vars) -> dict[str, Any]:
+        """Hosts whose lock this run took and has not released yet (the Act phase releases it in
+        its own round trip): the unlock after it visits only these, not every host."""
+        hosts = list(task_vars.get("ansible_play_hosts_all") or [])
+        taken = self._host_values(task_vars, args.get("lock_var") or "scenario_reach", hosts)
+        acted = self._host_values(task_vars, args.get("results_var") or "", hosts)
+        held = [h for h in hosts if (taken.get(h) or {}).get("lock") == "taken"
+                and (acted.get(h) or {}).get("host_lock") != "released"]
+        return {"unlock_hosts": held, "msg": f"host locks to release: {', '.join(held) or 'none'}"}
 
     # -- finish -------------------------------------------------------------------------------
     def _finish(self, scenario, args, task_vars) -> dict[str, Any]:

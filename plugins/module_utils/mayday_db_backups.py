@@ -114,11 +114,11 @@ def backup(params, kind="backup", changes=None):
     tmp, manifest_tmp = path + ".partial", manifest_path + ".partial"
     t0 = time.monotonic()
     try:
-        eng.dump(db, tmp, fast=kind == "safety")
+        tables = eng.dump_with_fingerprint(db, tmp, fast=kind == "safety")
         manifest = {
             "id": backup_id, "kind": kind, "time": stamp(), "engine": eng.engine, "database": db,
             "file": os.path.basename(path), "size": os.path.getsize(tmp), "sha256": sha256_of(tmp),
-            "tables": eng.fingerprint(db), "dump_seconds": round(time.monotonic() - t0, 2),
+            "tables": tables, "dump_seconds": round(time.monotonic() - t0, 2),
         }
         with open(manifest_tmp, "w") as handle:
             json.dump(manifest, handle, indent=2)
