@@ -22,6 +22,8 @@ from lab_helpers import (
     APP,
     DB_HOST,
     LAB_HOSTS,
+    LAB_NAME,
+    MAYDAY,
     ROOT,
     WEB_HOSTS,
     Mayday,
@@ -321,3 +323,57 @@ def test_host_lock_of_another_controller_refuses_and_a_stale_own_lock_is_broken(
     assert_serves("v1")
     assert_no_lock_left(mayday)
 
+
+
+# --- h. a routine backup never holds up an emergency -----------------------------------------
+
+
+def test_backup_in_progress_does_not_hold_up_a_level1_rollback(mayday: Mayday, tmp_path: Path) -> None:
+    # A session holding a table lock keeps the backup's dump waiting: a nightly backup mid-way.
+    holder = subprocess.Popen(["docker", "exec", f"{LAB_NAME}-{DB_HOST}", "mariadb", "app", "-e",
+                               "LOCK TABLES webhook_events WRITE; SELECT SLEEP(120)"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "backup.log"
+    with open(log, "wb") as handle:
+        backup = subprocess.Popen([MAYDAY, "backup", "--limit", DB_HOST], cwd=ROOT, env=mayday.env(),
+                                  stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 90
+        waiting = ""
+        while backup.poll() is None and time.monotonic() < deadline and not waiting:
+            waiting = dexec(DB_HOST, "mariadb -N -e \"SELECT state FROM information_schema.processlist "
+                                     "WHERE state LIKE 'Waiting for%lock%' LIMIT 1\"", check=False).strip()
+            time.sleep(0.2)
+        assert waiting, f"the backup never waited on the held table:\n{log.read_text()[-3000:]}"
+        assert host_lock(DB_HOST) is None, "a backup must not hold the run lock on its host"
+        assert not list((mayday.state_dir / "locks").glob("*.lock")), "a backup must not hold the controller lock"
+
+        result = mayday.run("level1")
+        assert result.returncode == 0, output(result)
+        assert mayday.last_report()["outcome"] == "RECOVERED", mayday.last_report()
+        assert_serves("v1")
+    finally:
+        holder.kill()
+        holder.wait()
+        try:
+            backup.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            backup.kill()
+            backup.wait()
+    assert_no_lock_left(mayday)
+
+
+def test_backup_waits_out_an_emergency_that_holds_its_host(mayday: Mayday) -> None:
+    emergency = {"incident": "INC-EMERGENCY", "run_id": None, "operator": "bob", "controller": "other-box",
+                 "pid": 4242, "pid_start": "12345", "inventory": "elsewhere", "since": "2026-11-25T08:00:00Z"}
+    before = dexec(DB_HOST, "ls -A /var/backups/mayday 2>/dev/null | sort", check=False)
+    try:
+        planted = plant_host_lock(DB_HOST, emergency)
+        result = mayday.run("backup", "--limit", DB_HOST)
+        assert result.returncode == 2, output(result)
+        assert mayday.last_report()["outcome"] == "REFUSED", mayday.last_report()
+        assert host_lock(DB_HOST) == json.loads(planted), "the emergency's lock must stand"
+        assert dexec(DB_HOST, "ls -A /var/backups/mayday 2>/dev/null | sort", check=False) == before, \
+            "a refused backup wrote files"
+    finally:
+        clear_host_locks((DB_HOST,))
