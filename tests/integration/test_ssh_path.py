@@ -40,6 +40,7 @@ from lab_helpers import (
     dexec,
     ensure_running,
     health,
+    host_lock,
     wait_db_answers,
 )
 
@@ -189,6 +190,8 @@ def test_level2_frontend_over_ssh_restores_the_files(healthy_lab: Mayday) -> Non
         assert dexec(host, f"test -e {APP}/releases/v1/public/index.php && echo yes").strip() == "yes", host
         code = dexec(host, "curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1/assets/app.css")
         assert code == "200", f"{host}: /assets/app.css answers {code}"
+        # Released by the finish stage's unlock, over SSH with sudo (web2: with a sudo password).
+        assert host_lock(host) is None, f"{host}: the run left its host lock"
     mark.assert_over_ssh_with_sudo()
 
 
