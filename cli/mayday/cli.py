@@ -146,19 +146,30 @@ for _scenario in SCENARIOS.values():
 @click.option("--limit", default=None, help="Only these database hosts.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def backups(inventory_name: str | None, limit: str | None, as_json: bool) -> None:
-    """List the backups on each database host."""
+    """List, per database host, the backups, the safety dumps and the kept pre-restore databases."""
     path = inv.resolve(inventory_name)
     if limit:
         inv.load(path).check_limit(limit)
     result = run_playbook("db-backups.yml", path, {}, limit=limit)
-    listed = [b for r in result.results for b in r.get("backups", [])]
+    hosts = {r["host"]: r.get("report") or {} for r in result.results if "backups" in r}
     if as_json:
-        click.echo(json.dumps(listed, indent=2))
+        click.echo(json.dumps({host: {key: report.get(key, []) for key in
+                                      ("backups", "safety_backups", "kept_databases")}
+                               | ({"kept_error": report["kept_error"]} if "kept_error" in report else {})
+                               for host, report in hosts.items()}, indent=2))
     else:
-        click.echo(f"{'id':<48} {'kind':<7} {'size':>12} {'rows':>10}")
-        for b in listed:
-            click.echo(f"{b['id']:<48} {b.get('kind', ''):<7} {b['size']:>12} "
-                       f"{sum(t['rows'] for t in b['tables'].values()):>10}")
+        for host, report in hosts.items():
+            click.echo(f"{host}:")
+            click.echo(f"  {'kind':<8} {'name':<56} {'time':<17} {'size':>10} {'bytes':>14}")
+            for item in report.get("items", []):
+                click.echo(f"  {item['kind']:<8} {item['name']:<56} {item['time']:<17} {item['size_human']:>10} "
+                           f"{item['size']:>14}")
+            if not report.get("items"):
+                click.echo("  (none)")
+            if report.get("kept_error"):
+                err.print(f"[yellow]{host}: kept databases not listed: {report['kept_error']}[/]")
+    for failure in result.failures:
+        err.print(f"[red]- {failure}[/]")
     sys.exit(0 if result.rc == 0 else 1)
 
 

@@ -8,13 +8,19 @@ short_description: Back up, list, prune and restore MariaDB and PostgreSQL datab
 description:
   - C(backup) dumps the database (MariaDB single transaction, PostgreSQL custom format) with a
     manifest (id, time, engine, database, size, sha256, per-table row count and checksum).
-  - C(list) returns the backups in I(backup_dir), oldest first.
+  - C(list) returns the backups in I(backup_dir), oldest first, and (in C(report)) the regular backups,
+    the safety dumps and the databases restores kept, each with its size and time. Read-only.
   - C(prune) keeps the newest I(retention) regular backups; safety backups are never pruned.
   - C(purge_recent) (MariaDB) saves the rows added in the last I(minutes) to a file in I(backup_dir),
     then deletes them with parameterized SQL, in one transaction.
-  - C(restore) verifies the backup, takes a safety backup of the live database, restores into a
-    shadow database, verifies it against the manifest, stops writes, swaps it in atomically,
-    resumes writes and verifies the live database. The replaced database is kept, renamed.
+  - C(restore) first refuses, before anything changes, whatever would stop it later (the backup,
+    derived name lengths, engine-specific blockers, disk for the shadow and the safety dump plus
+    I(disk_headroom_pct), another restore running). Then it restores into a shadow database,
+    verifies it against the manifest, stops writes, swaps it in atomically, resumes writes and
+    verifies the live database. The replaced database is kept as C(<db>__mayday_pre_<UTC stamp>);
+    after the swap a low-priority, verified safety dump of it is taken (a failure there is a
+    warning: the kept database is the pre-restore copy), then I(restore_retention) applies.
+  - Files it writes are 0600, the backup directory 0700 (a looser one is tightened).
   - Check mode only reads; C(restore) still verifies the backup and lists what a real run would do.
   - A failure is C(refused) only when nothing on the host was changed.
 options:
@@ -27,6 +33,22 @@ options:
   backup_dir: {type: path, default: /var/backups/mayday, description: Where backups and manifests live.}
   backup: {type: str, default: latest, description: Backup id to restore, or latest.}
   retention: {type: int, default: 7, description: Regular backups kept by prune (at least 1).}
+  restore_retention:
+    type: dict
+    default: {keep: 2, min_age_minutes: 60}
+    description: >-
+      restore: kept pre-restore databases and safety dumps of this database to keep (the newest C(keep),
+      at least 1) and never remove one younger than C(min_age_minutes); applied only after a successful
+      restore (safety dumps only when this run's own one was verified).
+  disk_headroom_pct:
+    type: int
+    default: 20
+    description: "restore: the shadow and the safety dump need the database's size plus this many percent of free disk."
+  timeouts:
+    type: dict
+    default: {}
+    description: "Bounded waits in seconds: any of lock, pause, dump, restore (defaults 10, 30, 7200, 7200)."
+
   pgbouncer: {type: dict, description: "PostgreSQL only: {port, admin_user} of pgbouncer, paused during the swap."}
   host_label: {type: str, description: "Name of the host in the summary (inventory_hostname); default: its hostname."}
 author: mayday
@@ -40,8 +62,10 @@ msg: {description: What happened, or why it failed., type: str, returned: always
 summary: {description: One human-readable line naming the host., type: str, returned: always}
 report:
   description: >-
-    The mode's report (restore: backup, safety_backup, previous_kept_as, rows_restored, tables, changes;
-    dry run: would; purge_recent: since, until, tables, files, deleted; on failure: error, changes).
+    The mode's report (restore: backup, safety_backup, previous_kept_as, rows_restored, tables, warnings,
+    retention_removed, changes; dry run: would; list: items (kind backup, safety or kept-db; name, time, size,
+    size_human), the same split as backups, safety_backups, kept_databases, and as text lines;
+    purge_recent: since, until, tables, files, deleted; on failure: error, changes).
   type: dict
   returned: always
 manifest: {description: The backup written (backup)., type: dict, returned: backup}
@@ -52,11 +76,13 @@ purge: {description: Same as report (purge_recent)., type: dict, returned: purge
 steps: {description: Every step with start time, duration and result., type: list, returned: always}
 """
 
+import os
 import socket
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.mayday_db_backups import backup, list_backups, prune, restore
+from ansible.module_utils.mayday_db_backups import backup, inventory, list_backups, prune, restore
+from ansible.module_utils.mayday_db_common import timeouts
 from ansible.module_utils.mayday_db_engines import DbError
 from ansible.module_utils.mayday_db_webhook import check_minutes, purge_recent
 from ansible.module_utils.mayday_steps import Steps
@@ -66,7 +92,9 @@ def do_list(p, host, steps, changes, check_mode):
     backups = list_backups(p["backup_dir"], p["engine"], p["database"])
     ids = [m["id"] for m in backups]
     msg = f"{len(ids)} backups of {p['engine']} database {p['database']} in {p['backup_dir']}"
-    report = {"count": len(ids), "ids": ids, "newest": ids[-1] if ids else None}
+    report = {"count": len(ids), "ids": ids, "newest": ids[-1] if ids else None, **inventory(p)}
+    msg += (f", {len(report['safety_backups'])} of them safety dumps; "
+            f"{len(report['kept_databases'])} kept pre-restore databases")
     return {"changed": False, "msg": msg, "report": report, "backups": backups,
             "summary": f"{host}: {msg}" + (f"; newest {ids[-1]}" if ids else "")}
 
@@ -119,8 +147,10 @@ def do_restore(p, host, steps, changes, check_mode):
         msg = f"backup {report['backup']} verified; dry run, nothing restored"
     else:
         msg = (f"{report['rows_restored']} rows in {report['tables']} tables restored from {report['backup']} "
-               f"(safety backup {report['safety_backup']}; the replaced database is kept as "
-               f"{report['previous_kept_as']})")
+               f"(the replaced database is kept as {report['previous_kept_as']}; safety dump "
+               f"{report['safety_backup'] or 'not taken'})")
+        if report.get("warnings"):
+            msg += "; warning: " + "; ".join(report["warnings"])
     return {"changed": changed, "msg": msg, "restore": report, "report": report, "summary": f"{host}: {msg}"}
 
 
@@ -152,6 +182,9 @@ def main():
             "backup_dir": {"type": "path", "default": "/var/backups/mayday"},
             "backup": {"type": "str", "default": "latest"},
             "retention": {"type": "int", "default": 7},
+            "restore_retention": {"type": "dict", "default": {"keep": 2, "min_age_minutes": 60}},
+            "disk_headroom_pct": {"type": "int", "default": 20},
+            "timeouts": {"type": "dict", "default": {}},
             "pgbouncer": {"type": "dict"},
             "tables": {"type": "list", "elements": "str", "default": []},
             "time_column": {"type": "str", "default": "created_at"},
@@ -166,7 +199,9 @@ def main():
     changes: list[str] = []  # what this run did to the host, in order: empty means a failure is a refusal
     result: dict
     trace = None
+    os.umask(0o077)  # whatever this run creates (dumps, markers, saved rows) only root reads
     try:
+        timeouts(p)  # unknown keys refuse before anything runs
         if p["mode"] == "purge_recent":
             check_minutes(p["minutes"])  # the playbook checks too; refuse here before connecting
         result = MODES[p["mode"]](p, host, steps, changes, module.check_mode)
