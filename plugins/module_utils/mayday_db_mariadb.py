@@ -17,9 +17,9 @@ import tempfile
 import time
 
 try:
-    from ansible.module_utils.mayday_db_common import BESIDE, DbError, check_name, run, stamp, timeouts
+    from ansible.module_utils.mayday_db_common import BESIDE, DbError, run, stamp, timeouts
 except ImportError:  # imported directly (unit tests, bench)
-    from mayday_db_common import BESIDE, DbError, check_name, run, stamp, timeouts  # type: ignore[no-redef]
+    from mayday_db_common import BESIDE, DbError, run, stamp, timeouts  # type: ignore[no-redef]
 
 SOCKET = "/run/mysqld/mysqld.sock"
 SWAPPED_TYPES = ("BASE TABLE", "SYSTEM VERSIONED")  # what RENAME TABLE moves and the fingerprint covers
@@ -255,7 +255,7 @@ class MariaDB:
         its consistent snapshot and mariadb-dump starts its own (until its output passes the
         header); then writes resume and both read the same snapshot: the fingerprint is taken in
         ours while the dump runs. Writes wait only for the dump's start (tens of milliseconds)."""
-        check_name(db)
+        self._name_fits(db)
         limit = self.timeouts["dump"]
         started = time.monotonic()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -319,8 +319,10 @@ class MariaDB:
 
     def _name_fits(self, *names):
         for name in names:
+            quote_ident(name)
             if len(name) > self.max_name:
                 raise DbError(f"{name!r} has {len(name)} characters; MariaDB names take {self.max_name} at most")
+        return names[-1]
 
     def _schemas(self, conn):
         return {r[0] for r in self.query(conn, "SELECT schema_name FROM information_schema.schemata")}
@@ -373,7 +375,7 @@ class MariaDB:
         return "no triggers: every table moves in one RENAME TABLE"
 
     def restore_into(self, path, shadow):
-        check_name(shadow)
+        self._name_fits(shadow)
         lock = max(1, math.ceil(self.timeouts["lock"]))
         with self.connect() as conn:
             self.query(conn, f"CREATE DATABASE {quote_ident(shadow)}", waiting_for=f"CREATE DATABASE {shadow}")
@@ -383,7 +385,7 @@ class MariaDB:
 
     def drop(self, db):
         with self.connect() as conn:
-            self.query(conn, f"DROP DATABASE IF EXISTS {quote_ident(check_name(db))}",
+            self.query(conn, f"DROP DATABASE IF EXISTS {quote_ident(self._name_fits(db))}",
                        waiting_for=f"DROP DATABASE {db} (sessions using its tables)")
 
     def stop_writes(self, db, marker):
@@ -404,14 +406,14 @@ class MariaDB:
             os.unlink(marker)
 
     def swap(self, db, shadow, keep_as):
-        self._name_fits(keep_as)
+        self._name_fits(db, shadow, keep_as)
         with self.connect() as conn:
             # Re-checked on the real shadow, before anything changes (the caller resumes writes).
             problems, _ = self._blockers(conn, db, shadow, self._definitions(conn, shadow))
             if problems:
                 raise DbError("the swap cannot be atomic: " + " Also: ".join(problems))
             live, new = self._tables(conn, db), self._tables(conn, shadow)
-            self.query(conn, f"CREATE DATABASE {quote_ident(check_name(keep_as))}",
+            self.query(conn, f"CREATE DATABASE {quote_ident(keep_as)}",
                        waiting_for=f"CREATE DATABASE {keep_as}")
             moves = [f"{quote_ident(db)}.{quote_ident(t)} TO {quote_ident(keep_as)}.{quote_ident(t)}" for t in live]
             moves += [f"{quote_ident(shadow)}.{quote_ident(t)} TO {quote_ident(db)}.{quote_ident(t)}" for t in new]

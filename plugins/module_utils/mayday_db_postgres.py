@@ -65,6 +65,11 @@ def ident(name):
     return '"' + name.replace('"', '""') + '"'
 
 
+def pct(text):
+    """Text that goes to psycopg2 with parameters: its own `%` doubled."""
+    return text.replace("%", "%%")
+
+
 def qualified(schema, name):
     return f"{ident(schema)}.{ident(name)}"
 
@@ -196,8 +201,9 @@ class PgBouncer:
 
 # Fingerprint entries beyond the tables: keys start with "@" (a table key is schema.name, never "@...").
 # Each query returns one row of JSON; none depends on the database's name or oid.
-ACL = ("(SELECT coalesce(json_agg(json_build_array(CASE a.grantee WHEN 0 THEN 'PUBLIC' "
-       "ELSE pg_get_userbyid(a.grantee) END, a.privilege_type, a.is_grantable) ORDER BY 1, 2, 3), '[]') "
+GRANTEE = "CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END"
+ACL = ("(SELECT coalesce(json_agg(json_build_array(" + GRANTEE + ", a.privilege_type, a.is_grantable) "
+       "ORDER BY " + GRANTEE + ", a.privilege_type), '[]') "
        "FROM aclexplode(coalesce({acl}, acldefault({kind}, {owner}))) a)")
 USER_NS = "{ns} NOT IN ('pg_catalog', 'information_schema') AND {ns} NOT LIKE 'pg\\_toast%' AND {ns} NOT LIKE 'pg\\_temp%'"
 META = {
@@ -206,7 +212,7 @@ META = {
         "'collate', d.datcollate, 'ctype', d.datctype, 'acl', "
         + ACL.format(acl="d.datacl", kind="'d'", owner="d.datdba")
         + ", 'settings', (SELECT coalesce(json_agg(json_build_array(CASE s.setrole WHEN 0 THEN '' "
-        "ELSE pg_get_userbyid(s.setrole) END, s.setconfig) ORDER BY 1), '[]') "
+        "ELSE pg_get_userbyid(s.setrole) END, s.setconfig)), '[]') "
         "FROM pg_db_role_setting s WHERE s.setdatabase = d.oid))::text "
         "FROM pg_database d WHERE d.datname = current_database()"),
     "@schemas": (
@@ -221,7 +227,7 @@ META = {
     "@routines": (  # functions and procedures: owner, grants, definition
         "SELECT coalesce(json_agg(json_build_array(p.oid::regprocedure::text, pg_get_userbyid(p.proowner), "
         + ACL.format(acl="p.proacl", kind="'f'", owner="p.proowner")
-        + ", md5(CASE WHEN p.prokind = 'a' THEN p.proname ELSE pg_get_functiondef(p.oid) END)) ORDER BY 1), '[]')::text "
+        + ", md5(CASE WHEN p.prokind = 'a' THEN p.proname ELSE pg_get_functiondef(p.oid) END))), '[]')::text "
         "FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE " + USER_NS.format(ns="n.nspname")),
     "@views": (
         "SELECT coalesce(json_agg(json_build_array(n.nspname, c.relname, md5(pg_get_viewdef(c.oid))) "
@@ -229,7 +235,7 @@ META = {
         "WHERE c.relkind IN ('v', 'm') AND " + USER_NS.format(ns="n.nspname")),
     "@triggers": (
         "SELECT coalesce(json_agg(json_build_array(t.tgrelid::regclass::text, t.tgname, t.tgenabled, "
-        "md5(pg_get_triggerdef(t.oid))) ORDER BY 1, 2), '[]')::text FROM pg_trigger t WHERE NOT t.tgisinternal"),
+        "md5(pg_get_triggerdef(t.oid)))), '[]')::text FROM pg_trigger t WHERE NOT t.tgisinternal"),
     "@extensions": (
         "SELECT coalesce(json_agg(json_build_array(e.extname, e.extversion, n.nspname, pg_get_userbyid(e.extowner)) "
         "ORDER BY e.extname), '[]')::text FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace"),
@@ -243,6 +249,8 @@ TABLES = ("SELECT quote_ident(schemaname) || '.' || quote_ident(tablename), sche
 
 def meta_entry(items):
     """A fingerprint entry for non-row state: no rows (the restore's row total stays the rows')."""
+    if isinstance(items, list):
+        items = sorted(items, key=lambda item: json.dumps(item, sort_keys=True))
     return {"rows": 0, "items": len(items) if isinstance(items, list) else 1, "checksum": checksum(items)}
 
 
@@ -429,16 +437,26 @@ class Postgres:
         """Restore into a new `shadow` carrying the live database's owner, locale, grants and settings;
         objects keep their owners and grants (the roles are on this very server)."""
         info = self.database_info(check_name(self.database or ""))
-        self.sql(f"CREATE DATABASE {ident(shadow)} OWNER {ident(info['owner'])} TEMPLATE template0 "
+        # With parameters, psycopg2 formats the text: a `%` in a quoted name must be doubled.
+        self.sql(f"CREATE DATABASE {pct(ident(shadow))} OWNER {pct(ident(info['owner']))} TEMPLATE template0 "
                  "ENCODING %s LC_COLLATE %s LC_CTYPE %s", args=[info["encoding"], info["collate"], info["ctype"]])
         jobs = max(1, len(os.sched_getaffinity(0)))
         with open(path, "rb") as handle:
             # -j needs a file it can reopen: our descriptor, as /dev/fd/N (root's 0700 directory stays closed).
             parallel = jobs > 1 and os.fstat(handle.fileno()).st_uid == pwd.getpwnam(self.os_user).pw_uid
             source = ["-j", str(jobs), f"/dev/fd/{handle.fileno()}"] if parallel else []
-            run([*self.as_admin, "pg_restore", "--exit-on-error", "-d", check_name(shadow), *source],
-                stdin=None if parallel else handle, timeout=self.timeouts["restore"], waiting_for="pg_restore",
-                pass_fds=(handle.fileno(),) if parallel else ())
+            restore = subprocess.Popen([*self.as_admin, "pg_restore", "--exit-on-error", "-d", check_name(shadow),
+                                        *source], stdin=subprocess.DEVNULL if parallel else handle,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                       pass_fds=(handle.fileno(),) if parallel else ())
+            try:
+                _, err = restore.communicate(timeout=self.timeouts["restore"])
+            except subprocess.TimeoutExpired as exc:
+                restore.kill()
+                restore.wait()
+                raise DbError(f"timed out after {self.timeouts['restore']} s waiting for pg_restore") from exc
+            if restore.returncode != 0:
+                raise DbError(f"pg_restore failed: {err.decode(errors='replace').strip()[-500:]}")
         self._apply_database_info(shadow, info)
 
     def _apply_database_info(self, db, info):
@@ -458,7 +476,7 @@ class Postgres:
                     name, _, value = item.partition("=")
                     target = (f"ROLE {ident(role)} IN DATABASE {ident(db)}" if role else f"DATABASE {ident(db)}")
                     values = setting_values(name, value)
-                    session.query(f"ALTER {target} SET {'.'.join(ident(p) for p in name.split('.'))} TO "
+                    session.query(pct(f"ALTER {target} SET {'.'.join(ident(p) for p in name.split('.'))} TO ")
                                   + ", ".join(["%s"] * len(values)), values)
 
     @staticmethod

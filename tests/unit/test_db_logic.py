@@ -4,11 +4,32 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
 import pytest
-from mayday_db_backups import compare, list_backups, prune, resolve, verify_backup
+from mayday_db_backups import (
+    PRE_INFIX,
+    _write_private,
+    check_database_name,
+    compare,
+    derived_names,
+    disk_shortfalls,
+    ensure_dir,
+    expired,
+    human_size,
+    kept_name_time,
+    list_backups,
+    max_database_name,
+    prune,
+    resolve,
+    restore_retention,
+    stamp_epoch,
+    verify_backup,
+    with_headroom,
+)
 from mayday_db_engines import DbError, check_name
 from mayday_db_webhook import MINUTES_MAX, check_minutes
 
@@ -153,3 +174,153 @@ def test_minutes_within_a_week(minutes: int) -> None:
 def test_minutes_outside_refused_naming_the_range(minutes: Any) -> None:
     with pytest.raises(DbError, match=f"from 1 to {MINUTES_MAX}"):
         check_minutes(minutes)
+
+
+# --- name lengths: what fits with <db>__mayday_pre_<stamp> ------------------------------------
+
+@pytest.mark.parametrize(("engine", "max_name", "longest"), [("postgresql", 63, 34), ("mariadb", 64, 35)])
+def test_database_names_up_to_what_fits_with_the_suffixes(engine: str, max_name: int, longest: int) -> None:
+    assert max_database_name(max_name) == longest
+    name = "d" * longest
+    assert check_database_name(name, max_name, engine) == name
+    shadow, keep_as = derived_names(name, max_name, now="20260101T000000Z")
+    assert keep_as == f"{name}{PRE_INFIX}20260101T000000Z" and len(keep_as) == max_name
+    assert shadow == name + "__mayday_shadow" and len(shadow) < max_name
+    with pytest.raises(DbError, match=rf"has {longest + 1} characters; mayday handles at most {longest}: "
+                                      rf"{engine} names take {max_name}"):
+        check_database_name(name + "d", max_name, engine)
+    with pytest.raises(DbError, match=rf"over the limit of {max_name}; database names of at most {longest}"):
+        derived_names(name + "d", max_name, now="20260101T000000Z")
+
+
+def test_a_thirty_character_name_fits_both_engines() -> None:
+    name = "a" * 30
+    for max_name in (63, 64):
+        assert check_database_name(name, max_name) == name
+        assert all(len(n) <= max_name for n in derived_names(name, max_name))
+
+
+@pytest.mark.parametrize("name", ["", None, "2app", "app-db", "a;b", "a`b", 'a"b', "app\n", "a b"])
+def test_database_name_must_be_plain(name: Any) -> None:
+    with pytest.raises(DbError, match="is not a plain identifier"):
+        check_database_name(name)
+
+
+def test_kept_names_and_their_time() -> None:
+    assert kept_name_time("app", "app__mayday_pre_20260101T010000Z") == stamp_epoch("20260101T010000Z")
+    assert stamp_epoch("20260101T010000Z") - stamp_epoch("20260101T000000Z") == 3600
+    for other in ("app", "app__mayday_shadow", "app2__mayday_pre_20260101T010000Z", "app__mayday_pre_2026",
+                  "app__mayday_pre_20261301T010000Z", "xapp__mayday_pre_20260101T010000Z"):
+        assert kept_name_time("app", other) is None, other
+
+
+# --- retention of what restores leave -----------------------------------------------------------
+
+HOUR = 3600
+NOW = 1_800_000_000
+
+
+def aged(*hours: float) -> list[tuple[str, float]]:
+    return [(f"copy-{h}h", NOW - h * HOUR) for h in hours]
+
+
+def test_retention_keeps_the_newest_and_removes_only_old_ones() -> None:
+    items = aged(0.1, 5, 3, 10)  # out of order: sorted by time, not by position
+    assert expired(items, 2, 60, NOW) == ["copy-5h", "copy-10h"]
+    assert expired(items, 3, 60, NOW) == ["copy-10h"]
+
+
+def test_retention_never_removes_one_younger_than_min_age() -> None:
+    items = aged(0.1, 0.2, 0.5, 0.9, 2)
+    assert expired(items, 2, 60, NOW) == ["copy-2h"]
+    assert expired(items, 2, 0, NOW) == ["copy-0.5h", "copy-0.9h", "copy-2h"]
+
+
+def test_retention_never_removes_the_last_one_or_a_protected_one() -> None:
+    assert expired(aged(5), 0, 0, NOW) == []
+    assert expired(aged(5, 6), 0, 0, NOW) == ["copy-6h"]
+    assert expired(aged(5, 6, 7), 1, 0, NOW, protect={"copy-7h"}) == ["copy-6h"]
+    assert expired([], 2, 0, NOW) == []
+
+
+def test_retention_policy_defaults_and_refusals() -> None:
+    assert restore_retention({}) == {"keep": 2, "min_age_minutes": 60}
+    assert restore_retention({"restore_retention": {"keep": "3"}}) == {"keep": 3, "min_age_minutes": 60}
+    with pytest.raises(DbError, match="unknown restore_retention keys keeep"):
+        restore_retention({"restore_retention": {"keeep": 3}})
+    with pytest.raises(DbError, match="keep must be at least 1"):
+        restore_retention({"restore_retention": {"keep": 0}})
+
+
+# --- disk arithmetic ------------------------------------------------------------------------------
+
+def test_headroom_rounds_up() -> None:
+    assert with_headroom(1000, 20) == 1200
+    assert with_headroom(1001, 20) == 1202
+    assert with_headroom(1000, 0) == 1000
+    assert with_headroom(1000, -5) == 1000
+
+
+def test_needs_on_one_device_add_up() -> None:
+    needs = [("shadow database", "/var/lib/mysql", 1, 2000, 1200), ("safety dump", "/var/backups", 1, 2000, 1200)]
+    [problem] = disk_shortfalls(needs)
+    assert problem.startswith("not enough free disk: 2000 bytes free, 2400 needed")
+    assert disk_shortfalls([(*needs[0][:3], 2400, 1200), (*needs[1][:3], 2400, 1200)]) == []
+
+
+def test_needs_on_separate_devices_are_checked_apart() -> None:
+    needs = [("shadow database", "/data", 1, 1500, 1200), ("safety dump", "/backups", 2, 1000, 1200)]
+    [problem] = disk_shortfalls(needs)
+    assert "1000 bytes free, 1200 needed (safety dump in /backups" in problem
+    assert disk_shortfalls([needs[0], ("safety dump", "/backups", 2, 1200, 1200)]) == []
+
+
+def test_human_sizes() -> None:
+    assert [human_size(n) for n in (0, 1023, 1024, 1536, 5 * 1024**3)] == ["0 B", "1023 B", "1.0 KiB", "1.5 KiB",
+                                                                           "5.0 GiB"]
+
+
+# --- private files --------------------------------------------------------------------------------
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def test_backup_dir_is_created_0700_and_a_loose_one_tightened(tmp_path: Path) -> None:
+    new = tmp_path / "new" / "backups"
+    changes: list[str] = []
+    ensure_dir(str(new), changes)
+    assert mode(new) == 0o700 and changes == [f"create {new}"]
+    loose = tmp_path / "loose"
+    loose.mkdir(mode=0o755)
+    os.chmod(loose, 0o755)
+    (loose / "a.sql").write_text("x")
+    os.chmod(loose / "a.sql", 0o644)
+    (loose / "b.sql").write_text("x")
+    os.chmod(loose / "b.sql", 0o600)
+    (loose / "link").symlink_to(tmp_path / "elsewhere")
+    changes = []
+    ensure_dir(str(loose), changes, check_mode=True)
+    assert changes == [] and mode(loose) == 0o755 and mode(loose / "a.sql") == 0o644  # check mode: dry
+    ensure_dir(str(loose), changes)
+    assert changes == [f"tighten {loose} from 0755 to 0700", f"tighten 1 files in {loose} to 0600"]
+    assert mode(loose) == 0o700 and mode(loose / "a.sql") == 0o600 and mode(loose / "b.sql") == 0o600
+    changes = []
+    ensure_dir(str(loose), changes)
+    assert changes == []  # already private: no change
+
+
+def test_private_files_are_0600_new_and_never_through_a_symlink(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        _write_private(str(tmp_path / "m.json"), {"a": 1})
+    finally:
+        os.umask(old)
+    assert mode(tmp_path / "m.json") == 0o600 and json.loads((tmp_path / "m.json").read_text()) == {"a": 1}
+    with pytest.raises(FileExistsError):
+        _write_private(str(tmp_path / "m.json"), {})
+    (tmp_path / "victim").write_text("keep")
+    (tmp_path / "evil.json").symlink_to(tmp_path / "victim")
+    with pytest.raises(FileExistsError):
+        _write_private(str(tmp_path / "evil.json"), {})
+    assert (tmp_path / "victim").read_text() == "keep"
