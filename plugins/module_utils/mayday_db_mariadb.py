@@ -182,18 +182,14 @@ class MariaDB:
     def _objects(self, conn, db):
         """(kind, name) of every view, routine, trigger and event in `db`."""
         found = []
-        for kind, query in (
-                ("view", "SELECT table_schema, table_name, 'view' FROM information_schema.views "
-                         "WHERE table_schema = %s"),
-                ("", "SELECT routine_schema, routine_name, lower(routine_type) FROM information_schema.routines "
-                     "WHERE routine_schema = %s"),
-                ("trigger", "SELECT trigger_schema, trigger_name, 'trigger' FROM information_schema.triggers "
-                            "WHERE trigger_schema = %s"),
-                ("event", "SELECT event_schema, event_name, 'event' FROM information_schema.events "
-                          "WHERE event_schema = %s")):
-            for schema, name, what in self.query(conn, query, (db,)):
-                if schema == db and (what if not kind else kind) in SHOW_CREATE:
-                    found.append((what if not kind else kind, name))
+        for query in ("SELECT table_schema, table_name, 'view' FROM information_schema.views WHERE table_schema = %s",
+                      "SELECT routine_schema, routine_name, lower(routine_type) FROM information_schema.routines "
+                      "WHERE routine_schema = %s",
+                      "SELECT trigger_schema, trigger_name, 'trigger' FROM information_schema.triggers "
+                      "WHERE trigger_schema = %s",
+                      "SELECT event_schema, event_name, 'event' FROM information_schema.events WHERE event_schema = %s"):
+            found += [(kind, name) for schema, name, kind in self.query(conn, query, (db,))
+                      if schema == db and kind in SHOW_CREATE]
         return sorted(found)
 
     def _definitions(self, conn, db):

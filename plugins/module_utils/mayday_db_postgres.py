@@ -108,7 +108,7 @@ class Session:
     """One database session as the postgres OS user; `query` waits at most `timeout` seconds."""
 
     def __init__(self, as_admin, db, timeout=None):
-        self._err = tempfile.TemporaryFile()
+        self._err = tempfile.TemporaryFile()  # noqa: SIM115 -- lives as long as the session; close() closes it
         self.proc = subprocess.Popen([*as_admin, "python3", "-c", AGENT, db], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self._err)
         self._buf = b""
@@ -205,7 +205,8 @@ GRANTEE = "CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) E
 ACL = ("(SELECT coalesce(json_agg(json_build_array(" + GRANTEE + ", a.privilege_type, a.is_grantable) "
        "ORDER BY " + GRANTEE + ", a.privilege_type), '[]') "
        "FROM aclexplode(coalesce({acl}, acldefault({kind}, {owner}))) a)")
-USER_NS = "{ns} NOT IN ('pg_catalog', 'information_schema') AND {ns} NOT LIKE 'pg\\_toast%' AND {ns} NOT LIKE 'pg\\_temp%'"
+USER_NS = ("{ns} NOT IN ('pg_catalog', 'information_schema') AND {ns} NOT LIKE 'pg\\_toast%' "
+           "AND {ns} NOT LIKE 'pg\\_temp%'")
 META = {
     "@database": (
         "SELECT json_build_object('owner', pg_get_userbyid(d.datdba), 'encoding', pg_encoding_to_char(d.encoding), "
