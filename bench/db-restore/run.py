@@ -4,13 +4,15 @@ A dedicated container (not the lab's) holds a database whose dump is at least 30
 plain SQL; PostgreSQL: custom format). Each round, not timed: the live database is changed (a bad
 migration). Then, timed and alternating:
 
-  native: `mariadb scratch < dump` or `pg_restore --no-owner -d scratch < dump` (the same file,
-          into an empty database)
-  mayday: `ansible-playbook playbooks/db-restore.yml` (verify the backup, safety backup of the live
-          database, restore into a shadow, verify it, swap, verify the live database)
+  native: the best plain invocation of the engine's own tool on the same file, into an empty
+          database: `mariadb scratch < dump`, `pg_restore -j <cores> -d scratch dump`
+  mayday: `ansible-playbook playbooks/db-restore.yml` (verify the backup, restore into a shadow,
+          verify it, stop writes, swap, resume writes, verify the live database, then the safety
+          dump of the replaced database)
 
-Prints each phase of mayday's run from the incident record, then the two ratios the issue sets
-goals for: restore phase / native (goal <= 1.2) and whole job / native (goal <= 2.5).
+Prints each phase of mayday's run from the incident record, the time writes were stopped, and the
+ratios the issue sets goals for: restore phase / native (goal <= 1.1), whole job / native (goal
+<= 1.5), writes stopped (goal < 1 s).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ ENGINES = {
                 "md5((g * 7)::text) || md5((g * 11)::text) || md5((g * 13)::text), "
                 "'2026-01-01'::timestamp + g * interval '1 second' FROM generate_series({first}, {last}) g",
         "native": "runuser -u postgres -- psql -q -c 'DROP DATABASE IF EXISTS scratch' -c 'CREATE DATABASE scratch'",
-        "native_run": "runuser -u postgres -- pg_restore --no-owner --exit-on-error -d scratch < {dump}",
+        "native_run": "runuser -u postgres -- pg_restore -j $(nproc) -d scratch {dump}",
         "native_drop": "runuser -u postgres -- psql -q -c 'DROP DATABASE scratch'",
         "cleanup": "for d in $(runuser -u postgres -- psql -At -c \"SELECT datname FROM pg_database "
                    "WHERE datname LIKE 'app__mayday_pre_%'\"); do runuser -u postgres -- psql -q -c "
@@ -64,6 +66,7 @@ ENGINES = {
     },
 }
 NAME = "mayday-bench-db1"
+WRITES_STOPPED = ("stop writes", "swap in", "resume writes")  # the restore's steps while writes wait
 SYSTEMD = ["--cap-add", "SYS_ADMIN", "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
            "--tmpfs", "/run", "--tmpfs", "/run/lock", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:ro"]
 
@@ -162,8 +165,12 @@ def main() -> None:
               f"runs {[round(x, 1) for x in whole]}")
         for name, values in phases.items():
             print(f"  phase {name[:70]:<70} median {statistics.median(values):7.2f} s")
-        print(f"ratio restore phase / native: {med_restore / med_native:.2f} (goal <= 1.2)")
-        print(f"ratio whole job / native: {med_whole / med_native:.2f} (goal <= 2.5)")
+        stopped = [sum(v[i] for k, v in phases.items() if k.startswith(WRITES_STOPPED) and len(v) > i)
+                   for i in range(len(whole))]
+        print(f"writes stopped (stop writes, swap, resume writes): median {statistics.median(stopped):.2f} s "
+              "(goal < 1 s)")
+        print(f"ratio restore phase / native: {med_restore / med_native:.2f} (goal <= 1.1)")
+        print(f"ratio whole job / native: {med_whole / med_native:.2f} (goal <= 1.5)")
     finally:
         subprocess.run([DOCKER, "rm", "-f", NAME], capture_output=True, check=False)
         shutil.rmtree(work, ignore_errors=True)

@@ -187,7 +187,8 @@ class MariaDB:
                       "WHERE routine_schema = %s",
                       "SELECT trigger_schema, trigger_name, 'trigger' FROM information_schema.triggers "
                       "WHERE trigger_schema = %s",
-                      "SELECT event_schema, event_name, 'event' FROM information_schema.events WHERE event_schema = %s"):
+                      "SELECT event_schema, event_name, 'event' FROM information_schema.events "
+                      "WHERE event_schema = %s"):
             found += [(kind, name) for schema, name, kind in self.query(conn, query, (db,))
                       if schema == db and kind in SHOW_CREATE]
         return sorted(found)
@@ -196,7 +197,7 @@ class MariaDB:
         """'@kind `name` ' -> checksum of its definition as SHOW CREATE gives it inside `db` (so
         independent of the database's name), with rows 0 so row sums and count checks hold."""
         conn.select_db(db)
-        result = {}
+        result: dict = {}
         for kind, name in self._objects(conn, db):
             keyword, fields = SHOW_CREATE[kind]
             rows = self.query(conn, f"SHOW CREATE {keyword} {quote_ident(name)}")
@@ -207,7 +208,7 @@ class MariaDB:
         return result
 
     def _fingerprint(self, conn, db, counts_only=False):
-        result = {}
+        result: dict = {}
         columns = self._columns(conn, db)
         for table in self._tables(conn, db):
             ref = f"{quote_ident(db)}.{quote_ident(table)}"
