@@ -29,8 +29,9 @@ except ImportError:  # imported directly (unit tests, bench)
     from mayday_db_engines import DbError, check_name, engine_for, stamp  # type: ignore[no-redef]
 
 SHADOW_SUFFIX = "__mayday_shadow"
+# 2: checksums and object entries taken inside the dump's own snapshot (see verification()).
+MANIFEST_FORMAT = 2
 STATE_FILE = ".mayday-write-stop.json"  # what we stopped, so an interrupted run can undo it
-LOCK_FILE = ".mayday-restore.lock"
 # Which backup the live database was last restored from, and its identity right after the swap:
 # a second run for the same backup finds the very same database live and changes nothing (writes
 # made since are the application's and must not be thrown away).
@@ -266,7 +267,7 @@ def backup(params, kind="backup", changes=None, source=None):
         manifest = {
             "id": backup_id, "kind": kind, "time": stamp(), "engine": eng.engine, "database": db,
             "file": os.path.basename(path), "size": os.path.getsize(tmp), "sha256": sha256_of(tmp),
-            "tables": tables, "dump_seconds": round(time.monotonic() - t0, 2),
+            "tables": tables, "dump_seconds": round(time.monotonic() - t0, 2), "format": MANIFEST_FORMAT,
         }
         if source != db:
             manifest["source"] = source
@@ -447,6 +448,26 @@ def compare(expected, actual):
     return problems
 
 
+def _is_table(key, value):
+    # Engines add "@..." entries (owners, grants, definitions) beside the tables, with rows 0.
+    return not str(key).startswith("@") and isinstance(value, dict) and "rows" in value
+
+
+def verification(manifest):
+    """(what the manifest promises, how to reduce a fingerprint to it, warning or None).
+
+    Manifests before format 2 were taken from the live database after the dump, with other
+    checksums and no object entries: only their row counts can be held against a restore."""
+    if manifest.get("format", 1) >= MANIFEST_FORMAT:
+        return manifest["tables"], (lambda found: found), None
+
+    def counts(tables):
+        return {t: {"rows": v["rows"]} for t, v in tables.items() if _is_table(t, v)}
+
+    return (counts(manifest["tables"]), counts,
+            f"backup {manifest['id']} has a manifest from an older mayday: verified by row counts only")
+
+
 def _matches(what, expected, fingerprint, problems=()):
     """Raises (so the step shows failed) when the fingerprint differs from the manifest."""
     problems = [*problems, *compare(expected, fingerprint())]
@@ -460,20 +481,20 @@ def _matches(what, expected, fingerprint, problems=()):
 def restore(params, steps, changes, check_mode=False):
     """One restore at a time on this host (a controller killed mid-run leaves its restore running).
 
-    Taking the lock changes nothing (the lock file is private and stays); no backup directory means
-    no backup: _restore refuses."""
+    The lock is an flock on the backup directory itself: taking it creates nothing. No backup
+    directory means no backup: _restore refuses."""
     backup_dir = params["backup_dir"]
-    lock_path = os.path.join(backup_dir, LOCK_FILE)
-    if not os.path.isdir(backup_dir) or (check_mode and not os.path.exists(lock_path)):
-        return _restore(params, steps, changes, check_mode)  # nothing to wait for
-    flags = os.O_RDONLY if check_mode else os.O_RDWR | os.O_CREAT
-    fd = os.open(lock_path, flags | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "r" if check_mode else "r+") as lock:
+    if not os.path.isdir(backup_dir):
+        return _restore(params, steps, changes, check_mode)
+    fd = os.open(backup_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             raise DbError("another restore is still running on this host; wait for it, then run again") from exc
         return _restore(params, steps, changes, check_mode)
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _leftovers(eng, db, shadow, backup_dir, marker):
@@ -492,14 +513,14 @@ def _leftovers(eng, db, shadow, backup_dir, marker):
     return found
 
 
-def _preflight(eng, db, shadow, keep_as):
+def _preflight(eng, db, shadow, keep_as, expected):
     """Engine-specific blockers and the names: all before anything changes."""
     _engine_accepts(shadow, keep_as)
     if eng.exists(keep_as):
         raise DbError(f"{keep_as} exists already; run again in a second")
     check = getattr(eng, "preflight_restore", None)
     if check is not None:
-        check(db, shadow, keep_as)
+        check(db, shadow, keep_as, expected=expected)
     return f"{shadow} and {keep_as} fit ({getattr(eng, 'max_name', 63)} characters at most)"
 
 
@@ -530,17 +551,19 @@ def _restore(params, steps, changes, check_mode=False):
     marker = os.path.join(backup_dir, STATE_FILE)
     manifest = steps.run("resolve backup", resolve, params)
     path = steps.run("verify backup (sha256, readable, engine, database)", verify_backup, params, manifest)
+    expected, reduce, old_manifest = verification(manifest)
     leftovers = _leftovers(eng, db, shadow, backup_dir, marker)
     last = _last_restore(backup_dir)
     # Restored from this very backup and not changed since (same database, same rows): nothing to
     # do. The identity check is cheap and comes first; the fingerprint settles it.
     if (not leftovers and last.get("backup") == manifest["id"] and last.get("database") == db
             and eng.exists(db) and str(eng.identity(db)) == str(last.get("identity"))
-            and not compare(manifest["tables"], eng.fingerprint(db))):
+            and not compare(expected, reduce(eng.fingerprint(db)))):
         steps.skip(f"restore {manifest['id']}", f"the live {db} is the copy restored from it at {last.get('at')}")
         return {"backup": manifest["id"], "already_restored": True, "restored_at": last.get("at"),
                 "changes": [], "changed": False}
-    steps.run("engine pre-flight (names, what the swap cannot move)", _preflight, eng, db, shadow, keep_as)
+    steps.run("engine pre-flight (names, what the swap cannot move)", _preflight, eng, db, shadow, keep_as,
+              manifest["tables"])
     # Refuse before cleaning up what a real run would fail on anyway (a leftover shadow's space comes back).
     freed = eng.size(shadow) if any(step[2] == eng.drop for step in leftovers) else 0
     steps.run(f"check disk for the shadow and the safety dump (+{headroom}%)", room_for_restore,
@@ -567,7 +590,7 @@ def _restore(params, steps, changes, check_mode=False):
     try:
         steps.run(into_shadow, eng.restore_into, path, shadow)
         steps.run("verify the shadow against the manifest", _matches, "restored copy does not match the backup",
-                  manifest["tables"], lambda: eng.fingerprint(shadow))
+                  expected, lambda: reduce(eng.fingerprint(shadow)))
     except DbError as failure:
         try:
             steps.run(f"drop {shadow} (the live database was not touched)", eng.drop, shadow)
@@ -587,20 +610,18 @@ def _restore(params, steps, changes, check_mode=False):
         # The live database must be the very one verified above, with every row count in place.
         steps.run("verify the live database is the verified copy (identity, row counts)", _matches,
                   "live database does not match the backup after the swap",
-                  {t: {"rows": v["rows"]} for t, v in manifest["tables"].items()
-                   if isinstance(v, dict) and "rows" in v},
+                  {t: {"rows": v["rows"]} for t, v in manifest["tables"].items() if _is_table(t, v)},
                   lambda: {t: {"rows": v["rows"]} for t, v in eng.fingerprint(db, counts_only=True).items()
-                           if isinstance(v, dict) and "rows" in v},
+                           if _is_table(t, v)},
                   [] if eng.identity(db) == verified else ["the live database is not the verified copy"])
     except DbError as exc:
         exc.live_touched = True
         raise
     _record_restore(backup_dir, {"backup": manifest["id"], "database": db, "identity": str(verified), "at": stamp()})
     report = {"backup": manifest["id"], "safety_backup": None, "previous_kept_as": keep_as,
-              "rows_restored": sum(t["rows"] for t in manifest["tables"].values()
-                                   if isinstance(t, dict) and "rows" in t),
-              "tables": sum(1 for t in manifest["tables"].values() if isinstance(t, dict) and "rows" in t),
-              "warnings": [], "changed": True}
+              "rows_restored": sum(v["rows"] for t, v in manifest["tables"].items() if _is_table(t, v)),
+              "tables": sum(1 for t, v in manifest["tables"].items() if _is_table(t, v)),
+              "warnings": [old_manifest] if old_manifest else [], "changed": True}
     # The restore has succeeded: what follows costs the emergency nothing, and its failure is a warning.
     try:
         safety = steps.run(f"safety dump of {keep_as} (low priority), verified", _safety_dump,

@@ -7,7 +7,7 @@ import subprocess
 import time
 
 BESIDE = ["nice", "-n", "10"]  # a job that runs beside the restore, at lower CPU priority
-NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,47}")  # fullmatch: "$" would let a trailing newline in
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")  # fullmatch: "$" would let a trailing newline in
 
 
 class DbError(Exception):

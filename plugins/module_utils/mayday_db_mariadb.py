@@ -56,11 +56,13 @@ def is_definition_key(key):
 
 
 def row_hash_sql(table_ref, columns):
-    """Count and order-independent hash of every row: the sum of a 64-bit hash per row over all
-    columns (NULL hashes as 'n', never as a value's 32 hex digits). No length limit applies."""
+    """Count and order-independent hash of every row: the sum of a 64-bit hash (MD5's first 16 hex
+    digits) per row over all columns, each as its bytes with their length before them, NULL as
+    'n' (no value encodes to that). Bytes, not text: no collation mix, no length limit."""
     if not columns:
         raise DbError(f"{table_ref} has no columns")
-    parts = ", ".join(f"IFNULL(MD5({quote_ident(c)}), 'n')" for c in columns)
+    parts = ", ".join(f"IFNULL(CONCAT(LENGTH({q}), ':', CAST({q} AS BINARY)), 'n')"
+                      for q in map(quote_ident, columns))
     return (f"SELECT COUNT(*), COALESCE(SUM(CAST(CONV(LEFT(MD5(CONCAT({parts})), 16), 16, 10) AS UNSIGNED)), 0) "
             f"FROM {table_ref}")
 
@@ -68,6 +70,12 @@ def row_hash_sql(table_ref, columns):
 def columns_digest(columns):
     """The table's shape (names and types, in order): a dropped or retyped column changes the checksum."""
     return hashlib.sha256(json.dumps(columns).encode()).hexdigest()[:16]
+
+
+def fingerprinted_here(tables):
+    """Whether a manifest's "tables" come from this fingerprint (checksums "<shape>:<sum>", and
+    definition entries), not from CHECKSUM TABLE."""
+    return any(is_definition_key(k) or ":" in str(v.get("checksum", "")) for k, v in tables.items())
 
 
 def past_snapshot(head):
@@ -196,7 +204,7 @@ class MariaDB:
     def _definitions(self, conn, db):
         """'@kind `name` ' -> checksum of its definition as SHOW CREATE gives it inside `db` (so
         independent of the database's name), with rows 0 so row sums and count checks hold."""
-        conn.select_db(db)
+        self.query(conn, f"USE {quote_ident(db)}")
         result: dict = {}
         for kind, name in self._objects(conn, db):
             keyword, fields = SHOW_CREATE[kind]
@@ -255,7 +263,10 @@ class MariaDB:
         self._name_fits(db)
         limit = self.timeouts["dump"]
         started = time.monotonic()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:  # a leftover or a symlink planted there: never write through it
+            raise DbError(f"cannot create the dump file {path}: {exc.strerror}") from exc
         with os.fdopen(fd, "wb") as out, tempfile.TemporaryFile() as err, \
                 self.connect(read_timeout=limit) as snap, self.connect() as lock:
             self.query(snap, "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -353,10 +364,13 @@ class MariaDB:
 
     def preflight_restore(self, db, shadow, keep_as, expected=None):
         """Raise DbError, before anything changes, for whatever would make the swap fail or not be
-        atomic. `expected`: the backup manifest's "tables" (its definition entries). Without it the
-        shadow's definitions are compared if it exists; else only triggers are checked here, and
-        swap() compares the definitions with the restored shadow before it changes anything."""
+        atomic. `expected`: the backup manifest's "tables" (its definition entries; by default the
+        manifest of the backup the params name). swap() checks again against the restored shadow."""
         self._name_fits(db, shadow, keep_as)
+        if expected is None and self.params.get("backup_dir"):
+            expected = self._backup_tables()
+        if expected is not None and not fingerprinted_here(expected):
+            expected = None  # a manifest from before definitions were recorded: they are unknown
         with self.connect() as conn:
             if expected is not None:
                 other, other_defs = "the backup", {k: v for k, v in expected.items() if is_definition_key(k)}
@@ -366,10 +380,17 @@ class MariaDB:
                 other, other_defs = "the backup", None
             problems, same = self._blockers(conn, db, other, other_defs)
         if problems:
-            raise DbError("the restore would not be atomic, nothing was changed: " + " Also: ".join(problems))
+            raise DbError("the swap cannot be atomic: " + " Also: ".join(problems))
         if same:
             return f"{', '.join(same)}: identical in the live database and {other}, they stay in place"
         return "no triggers: every table moves in one RENAME TABLE"
+
+    def _backup_tables(self):
+        try:  # imported here: mayday_db_backups imports the engines
+            from ansible.module_utils.mayday_db_backups import resolve
+        except ImportError:
+            from mayday_db_backups import resolve  # type: ignore[no-redef]
+        return resolve(self.params).get("tables") or {}
 
     def restore_into(self, path, shadow):
         self._name_fits(shadow)
@@ -381,7 +402,7 @@ class MariaDB:
                 timeout=self.timeouts["restore"], waiting_for=f"restoring {os.path.basename(path)} into {shadow}")
 
     def drop(self, db):
-        with self.connect() as conn:
+        with self.connect(read_timeout=self.timeouts["restore"]) as conn:  # removing big files takes time
             self.query(conn, f"DROP DATABASE IF EXISTS {quote_ident(self._name_fits(db))}",
                        waiting_for=f"DROP DATABASE {db} (sessions using its tables)")
 
@@ -415,7 +436,12 @@ class MariaDB:
             moves = [f"{quote_ident(db)}.{quote_ident(t)} TO {quote_ident(keep_as)}.{quote_ident(t)}" for t in live]
             moves += [f"{quote_ident(shadow)}.{quote_ident(t)} TO {quote_ident(db)}.{quote_ident(t)}" for t in new]
             # One RENAME TABLE statement is atomic: all tables move, or none.
-            if moves:
-                self.query(conn, "RENAME TABLE " + ", ".join(moves),
-                           waiting_for=f"RENAME TABLE (sessions using the tables of {db} or {shadow})")
+            try:
+                if moves:
+                    self.query(conn, "RENAME TABLE " + ", ".join(moves),
+                               waiting_for=f"RENAME TABLE (sessions using the tables of {db} or {shadow})")
+            except DbError:
+                with contextlib.suppress(DbError):  # still empty: nothing moved
+                    self.query(conn, f"DROP DATABASE {quote_ident(keep_as)}")
+                raise
         self.drop(shadow)  # only its views, routines and events are left

@@ -19,7 +19,7 @@ description:
     verifies it against the manifest, stops writes, swaps it in atomically, resumes writes and
     verifies the live database. The replaced database is kept as C(<db>__mayday_pre_<UTC stamp>);
     after the swap a low-priority, verified safety dump of it is taken (a failure there is a
-    warning: the kept database is the pre-restore copy), then I(restore_retention) applies.
+    warning, since the kept database is the pre-restore copy), then I(restore_retention) applies.
   - Files it writes are 0600, the backup directory 0700 (a looser one is tightened).
   - Check mode only reads; C(restore) still verifies the backup and lists what a real run would do.
   - A failure is C(refused) only when nothing on the host was changed.

@@ -27,6 +27,7 @@ from mayday_db_backups import (
     resolve,
     restore_retention,
     stamp_epoch,
+    verification,
     verify_backup,
     with_headroom,
 )
@@ -66,12 +67,12 @@ def backups(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.mark.parametrize("name", ["app", "_x", "App_2", "a" * 48])
+@pytest.mark.parametrize("name", ["app", "_x", "App_2", "a" * 64])
 def test_check_name_accepts_plain_identifiers(name: str) -> None:
     assert check_name(name) == name
 
 
-@pytest.mark.parametrize("name", ["", None, "2app", "app-db", "app;drop", 'a"b', "a`b", "a b", "a" * 49, "app\n"])
+@pytest.mark.parametrize("name", ["", None, "2app", "app-db", "app;drop", 'a"b', "a`b", "a b", "a" * 65, "app\n"])
 def test_check_name_refuses_anything_else(name: Any) -> None:
     with pytest.raises(DbError, match=r"table name .* is not a plain identifier"):
         check_name(name, "table")
@@ -324,3 +325,20 @@ def test_private_files_are_0600_new_and_never_through_a_symlink(tmp_path: Path) 
     with pytest.raises(FileExistsError):
         _write_private(str(tmp_path / "evil.json"), {})
     assert (tmp_path / "victim").read_text() == "keep"
+
+
+def test_a_manifest_of_the_current_format_is_held_in_full() -> None:
+    tables = {"t": {"rows": 3, "checksum": "9"}, "@owners ": {"rows": 0, "checksum": "1"}}
+    expected, reduce, warning = verification({"id": "b1", "format": 2, "tables": tables})
+    assert expected == tables and warning is None
+    assert compare(expected, reduce({"t": {"rows": 3, "checksum": "9"}})) == ["@owners  missing"]
+
+
+def test_an_older_manifest_is_held_by_row_counts_only_and_says_so() -> None:
+    old = {"id": "b0", "tables": {"t": {"rows": 3, "checksum": "CHECKSUM TABLE value"}}}
+    expected, reduce, warning = verification(old)
+    assert expected == {"t": {"rows": 3}}
+    assert warning and "b0" in warning and "row counts only" in warning
+    restored = {"t": {"rows": 3, "checksum": "new"}, "@owners ": {"rows": 0, "checksum": "1"}}
+    assert compare(expected, reduce(restored)) == []
+    assert compare(expected, reduce({"t": {"rows": 2, "checksum": "new"}})) != []
