@@ -110,7 +110,7 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     work = Path(tempfile.mkdtemp(prefix="mayday-bench-"))
     try:
-        up = sh([str(BIN / "mayday"), "lab", "up", "--web", str(max(sizes))], cwd=ROOT)
+        up = sh([str(BIN / "mayday"), "lab", "up", "--web", str(max(2, *sizes))], cwd=ROOT)
         if up.returncode != 0:
             raise SystemExit(up.stdout + up.stderr)
         results = {}

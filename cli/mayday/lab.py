@@ -198,8 +198,8 @@ def lab() -> None:
     """The built-in lab: real systemd containers with nginx, php-fpm, MariaDB, PostgreSQL."""
 
 @lab.command("up")
-@click.option("--web", "web_count", default=2, show_default=True, type=click.IntRange(1, 30),
-              help="How many web hosts.")
+@click.option("--web", "web_count", default=2, show_default=True, type=click.IntRange(2, 30),
+              help="How many web hosts (at least web1 and web2, the lab inventory's; more for fleets).")
 def lab_up(web_count: int) -> None:
     """Start the lab (installs the engine and builds the image when needed)."""
     started = up(web_count)

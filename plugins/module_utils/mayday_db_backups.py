@@ -31,6 +31,12 @@ except ImportError:  # imported directly (unit tests, bench)
 SHADOW_SUFFIX = "__mayday_shadow"
 # 2: checksums and object entries taken inside the dump's own snapshot (see verification()).
 MANIFEST_FORMAT = 2
+# Interruption tests stop a restore at a phase boundary: when the backup directory holds this file
+# (root's, not a symlink) naming a boundary, the restore writes <file>.reached there and waits (at
+# most FAULT_POINT_WAIT s) until the file is gone, so a test can kill it at exactly that point.
+FAULT_POINT_FILE = ".mayday-fault-point"
+FAULT_POINT_WAIT = 300
+BOUNDARIES = ("shadow-restored", "shadow-verified", "writes-stopped", "swapped", "writes-resumed", "recorded")
 STATE_FILE = ".mayday-write-stop.json"  # what we stopped, so an interrupted run can undo it
 # Which backup the live database was last restored from, and its identity right after the swap:
 # a second run for the same backup finds the very same database live and changes nothing (writes
@@ -513,6 +519,22 @@ def _leftovers(eng, db, shadow, backup_dir, marker):
     return found
 
 
+def _boundary(backup_dir, name):
+    path = os.path.join(backup_dir, FAULT_POINT_FILE)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return
+    with os.fdopen(fd) as handle:
+        if os.fstat(handle.fileno()).st_uid != 0 or handle.read(64).strip() != name:
+            return
+    with open(path + ".reached", "w") as handle:
+        handle.write(name)
+    deadline = time.monotonic() + FAULT_POINT_WAIT
+    while os.path.lexists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def _preflight(eng, db, shadow, keep_as, expected):
     """Engine-specific blockers and the names: all before anything changes."""
     _engine_accepts(shadow, keep_as)
@@ -589,6 +611,7 @@ def _restore(params, steps, changes, check_mode=False):
     changes.append(into_shadow)
     try:
         steps.run(into_shadow, eng.restore_into, path, shadow)
+        _boundary(backup_dir, "shadow-restored")
         steps.run("verify the shadow against the manifest", _matches, "restored copy does not match the backup",
                   expected, lambda: reduce(eng.fingerprint(shadow)))
     except DbError as failure:
@@ -598,15 +621,19 @@ def _restore(params, steps, changes, check_mode=False):
             raise DbError(f"{failure}; dropping {shadow} failed too: {exc}") from failure
         changes.remove(into_shadow)  # created and dropped again: nothing of it is left
         raise
+    _boundary(backup_dir, "shadow-verified")
     verified = eng.identity(shadow)
     try:
         try:
             changes.append("stop writes")
             steps.run("stop writes", eng.stop_writes, db, marker)
+            _boundary(backup_dir, "writes-stopped")
             changes.append(f"swap {shadow} in, the replaced database kept as {keep_as}")
             steps.run(f"swap in the restored database (old one kept as {keep_as})", eng.swap, db, shadow, keep_as)
+            _boundary(backup_dir, "swapped")
         finally:
             steps.run("resume writes", eng.resume_writes, db, marker)
+        _boundary(backup_dir, "writes-resumed")
         # The live database must be the very one verified above, with every row count in place.
         steps.run("verify the live database is the verified copy (identity, row counts)", _matches,
                   "live database does not match the backup after the swap",
@@ -618,6 +645,7 @@ def _restore(params, steps, changes, check_mode=False):
         exc.live_touched = True
         raise
     _record_restore(backup_dir, {"backup": manifest["id"], "database": db, "identity": str(verified), "at": stamp()})
+    _boundary(backup_dir, "recorded")
     report = {"backup": manifest["id"], "safety_backup": None, "previous_kept_as": keep_as,
               "rows_restored": sum(v["rows"] for t, v in manifest["tables"].items() if _is_table(t, v)),
               "tables": sum(1 for t, v in manifest["tables"].items() if _is_table(t, v)),

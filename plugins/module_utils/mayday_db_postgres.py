@@ -112,7 +112,11 @@ class Session:
         self.proc = subprocess.Popen([*as_admin, "python3", "-c", AGENT, db], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self._err)
         self._buf = b""
-        self._reply(timeout or 60, f"a session on database {db!r}")
+        try:
+            self._reply(timeout or 60, f"a session on database {db!r}")
+        except BaseException:
+            self.close()
+            raise
 
     def __enter__(self):
         return self
@@ -399,8 +403,9 @@ class Postgres:
                 values.append([key, last, called == "true"])
         return sorted(values)
 
-    def preflight_restore(self, db, shadow, keep_as):
-        """Raise DbError, before anything changes, for whatever would make the swap fail."""
+    def preflight_restore(self, db, shadow, keep_as, expected=None):
+        """Raise DbError, before anything changes, for whatever would make the swap fail. `expected` (the
+        manifest's entries) is not needed here: the swap renames whole databases, whatever they hold."""
         long = too_long(db, shadow, keep_as)
         if long:
             raise DbError(f"database name(s) longer than {MAX_NAME} bytes: {', '.join(long)}; "

@@ -1,12 +1,11 @@
 """`mayday backup`, `mayday restore` and the level-2 webhook rollback against the real lab databases.
 
 MariaDB runs on db1, PostgreSQL (behind pgbouncer) on pg1; every database test runs once per engine.
-A module-scoped fixture loads a million rows into the engine's `app` database, so a restore takes
-a few seconds, takes a backup with `mayday backup` and records the "good" fingerprint: the big
-table's columns, row count and md5 over all its rows in key order, computed inside the container.
-Each test then applies a "bad migration" (a dropped column and corrupted rows: the "bad"
-fingerprint) and interrupts or refuses a restore. Interrupted at any moment, the live database must
-be entirely the old one or entirely the restored one, and a second run must finish the job.
+A module-scoped fixture loads 100,000 rows into the engine's `app` database, takes a backup with
+`mayday backup` and records the "good" fingerprint: the big table's columns, row count and md5
+over all its rows in key order, computed inside the container. Each test then applies a "bad
+migration" (a dropped column and corrupted rows: the "bad" fingerprint) and refuses a restore.
+Restores interrupted at every phase boundary: test_db_kill_phases.py.
 
 Only db1 and pg1 are touched (the web hosts are only probed, read-only, by the restore's own
 post-restore app health check). Every test has its own MAYDAY_STATE_DIR.
@@ -19,10 +18,7 @@ even right after an earlier restore of the same backup.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,14 +37,12 @@ from lab_helpers import (
     Mayday,
     docker,
     health,
-    start_playbook,
-    wait_booted,
     wait_db_answers,
 )
 
 pytestmark = pytest.mark.usefixtures("lab_up")
 
-ROWS = 1_000_000
+ROWS = 100_000
 LOAD = {
     "mariadb": f"""
         DROP TABLE IF EXISTS orders;
@@ -165,7 +159,7 @@ def restore(mayday: Mayday, db: LabDb, *args: str) -> subprocess.CompletedProces
 
 @pytest.fixture(scope="module", params=sorted(LAB_DBS))
 def loaded(request: pytest.FixtureRequest, lab_up: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
-    """A million rows in the engine's `app` database, a backup of it and its "good" fingerprint.
+    """100,000 rows in the engine's `app` database, a backup of it and its "good" fingerprint.
     Afterwards, drops the databases the restores kept and removes their safety backups."""
     db = LAB_DBS[request.param]
     wait_db_answers(db)
@@ -215,119 +209,7 @@ def bad(loaded: Loaded, mayday: Mayday) -> dict[str, Any]:
     return fingerprint
 
 
-# --- interrupted restores ------------------------------------------------------------------------
-
-
-def start_restore_until_shadow(db: LabDb, mayday: Mayday, log: Path) -> subprocess.Popen[bytes]:
-    """Starts playbooks/db-restore.yml for the host in the background and returns once the shadow
-    database exists (the restore is writing into it)."""
-    assert not db.exists(SHADOW_DB)
-    proc = start_playbook("db-restore.yml", mayday.env(), "--limit", db.host, log=log)
-    deadline = time.monotonic() + 30
-    while not db.exists(SHADOW_DB):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop(proc)
-            pytest.fail(f"{SHADOW_DB} not seen on {db.host} within 30 s while the restore ran "
-                        f"(rc={proc.returncode}):\n{log.read_text()[-3000:]}")
-        time.sleep(0.05)
-    return proc
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """Kills the background run's process group (ansible-playbook, its workers and their docker
-    exec clients) if still running, and reaps it."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-
-
-def side(live: dict[str, Any], bad: dict[str, Any], good: dict[str, Any]) -> str:
-    """Which database the live one is: the old one (bad) or the restored one (good), nothing else."""
-    assert live in (bad, good), (f"the live database is neither the old nor the restored one:\n"
-                                 f"live {live}\nold  {bad}\nnew  {good}")
-    return "old" if live == bad else "new"
-
-
-def kept_databases(db: LabDb) -> list[str]:
-    """Databases restores replaced and kept, oldest first (their names end in a UTC stamp)."""
-    return sorted(name for name in db.databases() if name.startswith(KEPT_DB_PREFIX))
-
-
-def rerun_and_check(loaded: Loaded, mayday: Mayday, before_rerun: dict[str, Any], bad: dict[str, Any],
-                    kept_before: list[str]) -> dict[str, Any]:
-    """A second `mayday restore` finishes the job: good data, no shadow, writes allowed, and the
-    database replaced is kept as it was.
-
-    When the interrupted run had finished on the host (a killed controller does not stop the module
-    running there), the live database is already the copy restored from this backup: the second
-    run is a NOOP (changed false) and the interrupted run kept the old, bad database."""
-    db = loaded.db
-    leftover_shadow = db.exists(SHADOW_DB)
-    result = restore(mayday, db)
-    report = mayday.last_report()
-    if report.get("outcome") == "NOOP":
-        detail = host_result(report, db.host)
-        assert result.returncode == 0, output(result)
-        assert before_rerun == loaded.good, f"NOOP while the live database is not the restored one:\n{report}"
-        assert detail.get("changed") is False and detail.get("already_restored") is True, detail
-        assert detail.get("backup") == loaded.backup["id"], detail
-        new_kept = [name for name in kept_databases(db) if name not in kept_before]
-        assert len(new_kept) == 1, f"the interrupted run should have kept one database: {new_kept}"
-        assert kept_fingerprint(db, new_kept[0]) == bad, "the database the interrupted run replaced was not kept"
-    else:
-        detail = assert_recovered(result, mayday, loaded)
-        assert kept_fingerprint(db, detail["previous_kept_as"]) == before_rerun, "the replaced database was not kept"
-    assert db.fingerprint() == loaded.good
-    assert not db.exists(SHADOW_DB), f"{SHADOW_DB} left behind"
-    assert db.writable(), "writes still stopped (MariaDB read_only, or PostgreSQL connections disallowed)"
-    steps = [s.get("step", "").strip() for s in report.get("steps", [])]
-    if leftover_shadow:
-        assert "drop the shadow left by an interrupted run" in steps, steps
-    return detail
-
-
-def test_interrupted_by_container_restart(loaded: Loaded, bad: dict[str, Any], mayday: Mayday, tmp_path: Path,
-                                          record_property: Any) -> None:
-    db = loaded.db
-    kept_before = kept_databases(db)
-    proc = start_restore_until_shadow(db, mayday, tmp_path / "restore.log")
-    try:
-        docker("restart", db.container, timeout=180)
-    finally:
-        stop(proc)
-    wait_booted([db.host], timeout=120)
-    wait_db_answers(db)
-
-    live = db.fingerprint()
-    outcome = side(live, bad, loaded.good)
-    record_property("mayday_outcome", f"{db.engine}: restart mid-restore left the {outcome} database live")
-
-    rerun_and_check(loaded, mayday, live, bad, kept_before)
-
-
-def test_interrupted_by_killing_the_controller(loaded: Loaded, bad: dict[str, Any], mayday: Mayday,
-                                               tmp_path: Path, record_property: Any) -> None:
-    db = loaded.db
-    kept_before = kept_databases(db)
-    proc = start_restore_until_shadow(db, mayday, tmp_path / "restore.log")
-    stop(proc)
-    assert proc.returncode == -signal.SIGKILL, "the controller ended before it could be killed"
-    locks = list((mayday.state_dir / "locks").glob("*.lock"))
-    assert locks, "the killed run should have left its rollback lock behind"
-
-    # The module runs on the host through `docker exec`, which outlives its killed client.
-    deadline = time.monotonic() + 180
-    while processes := db.restore_processes():
-        assert time.monotonic() < deadline, f"restore processes still running on {db.host}: {processes}"
-        time.sleep(0.5)
-
-    live = db.fingerprint()
-    outcome = side(live, bad, loaded.good)
-    record_property("mayday_outcome", f"{db.engine}: killed controller left the {outcome} database live")
-
-    rerun_and_check(loaded, mayday, live, bad, kept_before)
-    assert not list((mayday.state_dir / "locks").glob("*.lock")), "the stale lock should be replaced, then released"
-
+# --- interrupted restores: tests/integration/test_db_kill_phases.py (every phase boundary) ------
 
 # --- refusals ------------------------------------------------------------------------------------
 

@@ -69,7 +69,9 @@ function app_pg_query(PgSql\Connection $conn, string $sql, array $params): array
     while (pg_connection_busy($conn)) {
         $left = $deadline - microtime(true);
         if ($left <= 0) {
-            pg_close($conn);  // not pg_cancel_query: it waits for the answer
+            // pg_close and pg_cancel_query both wait for the answer: end the connection first.
+            socket_shutdown(socket_import_stream($socket), 2);
+            pg_close($conn);
             throw new RuntimeException('postgresql did not answer in time');
         }
         $read = [$socket];
