@@ -137,8 +137,17 @@ def scenario_command(scenario: Scenario) -> click.Command:
     return click.command(scenario.name, help=scenario.help)(command)
 
 
+# A scenario with a group is a subcommand of it: `mayday db read-only`.
+GROUP_HELP = {"db": "Database emergencies: pgbouncer reset, read-only under a lease, back to read-write."}
+_groups: dict[str, click.Group] = {}
 for _scenario in SCENARIOS.values():
-    cli.add_command(scenario_command(_scenario))
+    if not _scenario.group:
+        cli.add_command(scenario_command(_scenario))
+        continue
+    if _scenario.group not in _groups:
+        _groups[_scenario.group] = click.Group(_scenario.group, help=GROUP_HELP.get(_scenario.group))
+        cli.add_command(_groups[_scenario.group])
+    _groups[_scenario.group].add_command(scenario_command(_scenario))
 
 
 @cli.command()

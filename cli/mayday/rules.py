@@ -97,6 +97,78 @@ def component(value: Any) -> str:
     return text
 
 
+# Leases (read-only, later lockdown): a duration with a unit. The inventory's own bounds
+# (mayday_lease_min, default 1m; mayday_lease_max, default 4h) are enforced on each host before
+# anything changes (plugins/module_utils/mayday_lease.py check_bounds); this rule is the ceiling.
+DURATION_PART = re.compile(r"(\d+)([smhd])")
+DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+LEASE_CEILING_S = 7 * 86400
+PGBOUNCER_MODES = ("graceful", "hard")
+PAUSE_TIMEOUT_RANGE = (1, 600)
+DB_MODE_STATES = ("on", "off")
+
+
+def duration_seconds(value: Any) -> int:
+    """'30m', '2h', '1h30m', '45s', '1d' -> seconds; anything else, zero or over 7 days is refused."""
+    text = "" if isinstance(value, bool) else str(value).strip().lower()
+    pos, total = 0, 0
+    for found in DURATION_PART.finditer(text):
+        if found.start() != pos:
+            break
+        total += int(found.group(1)) * DURATION_UNITS[found.group(2)]
+        pos = found.end()
+    valid = "valid: a number with a unit s, m, h or d, such as 30m, 2h, 1h30m (1m to the inventory's mayday_lease_max)"
+    if not text or pos != len(text):
+        raise BadValue(f"duration {value!r} does not parse; {valid}")
+    if total <= 0:
+        raise BadValue(f"duration {value!r} is zero; {valid}")
+    if total > LEASE_CEILING_S:
+        raise BadValue(f"duration {value!r} is longer than 7d; {valid}")
+    return total
+
+
+def format_duration(seconds: int) -> str:
+    """The shortest form duration_seconds reads back (5400 -> '1h30m')."""
+    left, parts = int(seconds), []
+    for unit, size in DURATION_UNITS.items():
+        count, left = divmod(left, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts) or "0s"
+
+
+def lease_duration(value: Any) -> str:
+    """The `for` of a lease, in its canonical form (it passes this rule again unchanged)."""
+    return format_duration(duration_seconds(value))
+
+
+def pgbouncer_mode(value: Any) -> str:
+    text = str(value or "").strip().lower()
+    if text not in PGBOUNCER_MODES:
+        raise BadValue(f"mode {value!r} is not a reset mode; valid: {', '.join(PGBOUNCER_MODES)}")
+    return text
+
+
+def pause_timeout(value: Any) -> int:
+    low, high = PAUSE_TIMEOUT_RANGE
+    if isinstance(value, bool) or not re.fullmatch(r"\s*\d+\s*", str(value)):
+        raise BadValue(f"timeout {value!r} is not a whole number of seconds; valid: {low}..{high}")
+    number = int(str(value))
+    if not low <= number <= high:
+        raise BadValue(f"timeout {number} is out of range; valid: {low}..{high} seconds")
+    return number
+
+
+def db_mode_state(value: Any) -> str:
+    """on (read-only) or off (read-write); YAML's booleans for those words are accepted."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    text = str(value or "").strip().lower()
+    if text not in DB_MODE_STATES:
+        raise BadValue(f"state {value!r} is not a database mode; valid: {', '.join(DB_MODE_STATES)}")
+    return text
+
+
 @dataclass(frozen=True)
 class Param:
     """One input of a scenario: a CLI option and the playbook's extra var of the same name."""

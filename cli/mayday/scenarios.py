@@ -29,6 +29,8 @@ class Scenario:
     takes_lock: bool = True
     # Extra vars the CLI always passes (the restore command is Level 2's database component).
     fixed: dict[str, str] = field(default_factory=dict)
+    # Commands of a group are nested under it in the CLI (group "db": `mayday db read-only`).
+    group: str = ""
 
 
 RELEASE = Param("release", "Roll back to this release id (default: the newest good one deployed before the live one).",
@@ -42,6 +44,17 @@ LEVEL2_BACKUP = Param("backup", "database: backup id; api, frontend: the deploy-
 MINUTES = Param("minutes", "webhook: remove rows added in the last N minutes (1..10080).", rules.minutes, default=60,
                 applies=lambda p: p.get("component") == "webhook")
 BACKUP = Param("backup", "Backup id to restore, or latest.", rules.backup_id, default="latest")
+
+PGBOUNCER_MODE = Param("mode", "graceful: PAUSE (bounded), RECONNECT, RESUME; hard: KILL and RESUME.",
+                       rules.pgbouncer_mode, default="graceful", choices=lambda: list(rules.PGBOUNCER_MODES))
+PAUSE_TIMEOUT = Param("timeout", "graceful: the longest the PAUSE may wait, in seconds (1..600).", rules.pause_timeout,
+                      default=30)
+DB_MODE_STATE = Param("state", "on: read-only (the default); off: read-write, the same as `read-write`.",
+                      rules.db_mode_state, default="on", choices=lambda: list(rules.DB_MODE_STATES))
+LEASE_FOR = Param("for", "How long read-only holds before the host reverts it (30m, 2h; 1m to the inventory's "
+                  "mayday_lease_max, default 4h).", rules.lease_duration, default="30m",
+                  applies=lambda p: p.get("state") == "on")
+DB_PHASES = ("Open", "Pre-flight", "Switch", "Verify", "Report")
 
 ROLLBACK_PHASES = ("Open", "Pre-flight", "Rollback", "Verify", "Notify", "Report")
 
@@ -58,6 +71,16 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              "Back up every database host's database, with a manifest, then apply retention.",
              "Database backup", 4, ("Open", "Pre-flight", "Backup", "Report"), [], success="DONE",
              takes_lock=False),
+    Scenario("pgbouncer-reset", "pgbouncer-reset.yml",
+             "Reset pgbouncer's pool: graceful (PAUSE, RECONNECT, RESUME) or hard (KILL, RESUME).",
+             "pgbouncer reset ({mode})", 2, ("Open", "Pre-flight", "Reset", "Verify", "Report"),
+             [PGBOUNCER_MODE, PAUSE_TIMEOUT], group="db"),
+    Scenario("read-only", "db-read-only.yml",
+             "Switch the databases read-only under a lease the hosts revert at expiry; proven by a write that fails.",
+             "Databases read-only for {for}", 2, DB_PHASES, [DB_MODE_STATE, LEASE_FOR], group="db"),
+    Scenario("read-write", "db-read-only.yml",
+             "Switch the databases back to read-write and release their lease; proven by a write that goes through.",
+             "Databases back to read-write", 2, DB_PHASES, [], fixed={"state": "off"}, group="db"),
 )}
 
 
