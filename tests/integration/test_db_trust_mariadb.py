@@ -242,6 +242,27 @@ def test_table_with_trigger_is_refused_before_writes_stop(tables: list[str], tmp
     assert run_sql("SHOW TRIGGERS") == triggers
 
 
+def test_sequence_is_refused_before_writes_stop(tables: list[str], tmp_path: Path) -> None:
+    tables.append("DROP TABLE IF EXISTS trust_seq_use")
+    tables.append("DROP SEQUENCE IF EXISTS trust_seq")
+    run_sql("""
+        DROP SEQUENCE IF EXISTS trust_seq; DROP TABLE IF EXISTS trust_seq_use;
+        CREATE SEQUENCE trust_seq START WITH 100;
+        CREATE TABLE trust_seq_use (id INT PRIMARY KEY DEFAULT (NEXT VALUE FOR trust_seq), v INT) ENGINE=InnoDB;
+        INSERT INTO trust_seq_use (v) VALUES (1), (2), (3);
+    """)
+    take_backup(Mayday(tmp_path / "backup"))
+    run_sql("INSERT INTO trust_seq_use (v) VALUES (4)")  # a change the restore would undo
+    dbs, rows = databases(), table_digest("trust_seq_use")
+    result, report = restore(Mayday(tmp_path / "restore"))
+    assert result.returncode == 2 and report["outcome"] == "REFUSED", f"{output(result)}\n{report}"
+    assert "trust_seq" in host_result(report).get("msg", ""), host_result(report)
+    assert not read_only()
+    assert databases() == dbs
+    assert table_digest("trust_seq_use") == rows
+    assert run_sql("SELECT NEXT VALUE FOR trust_seq").strip() == "104", "the sequence was touched"
+
+
 # --- views and routines ----------------------------------------------------------------------------
 
 
