@@ -213,6 +213,7 @@ def status(inventory_name: str | None, local: bool, as_json: bool) -> None:
         result = run_playbook("status.yml", path, {})
         doc["host_locks"] = {r["host"]: {"lock": r.get("lock"), "holder": r.get("holder") or {}}
                              for r in result.results if r.get("lock")}
+        doc["leases"] = {r["host"]: r["leases"] for r in result.results if r.get("leases")}
         doc["unreachable"] = sorted({f.split(":", 1)[0] for f in result.failures})
     if as_json:
         click.echo(json.dumps(doc, indent=2))
@@ -231,6 +232,12 @@ def status(inventory_name: str | None, local: bool, as_json: bool) -> None:
             click.echo(f"  {host}: {locks.describe(value['holder']) if value['holder'] else value['lock']}")
         for host in doc.get("unreachable") or []:
             click.echo(f"  {host}: did not answer")
+        leased = [(host, lease) for host, found in sorted(doc["leases"].items()) for lease in found]
+        click.echo(f"leases (reverted by the host at expiry): {len(leased) or 'none'}")
+        for host, lease in leased:
+            click.echo(f"  {host}: {lease.get('id')}  {lease.get('what')}  incident {lease.get('incident') or '-'}  "
+                       f"expires {lease.get('expires')} (in {lease.get('remaining_s')} s)"
+                       + ("" if lease.get("armed") else "  NOT ARMED: the timer is gone"))
 
 
 cli.add_command(lab_mod.lab)

@@ -107,7 +107,7 @@ def db_ini_digests() -> dict[str, str]:
 
 
 def health(host: str) -> dict[str, Any]:
-    out = dexec(host, "curl -s --max-time 5 http://127.0.0.1/health-check", check=False)
+    out = dexec(host, "curl -s --max-time 10 http://127.0.0.1/health-check", check=False)
     try:
         doc = json.loads(out)
     except ValueError:
@@ -176,6 +176,8 @@ RESET_WEB = f"""
 set -e
 {PRUNE_RELEASES}
 ln -sfn releases/v2 {APP}/current.t && mv -T {APP}/current.t {APP}/current
+# v1 then v2, newest last, as the fixture deployed them (a test may have deployed v1 again since)
+now=$(date -u +%Y-%m-%dT%H:%M:%SZ); printf '%s\tv1\n%s\tv2\n' "$now" "$now" >> {APP}/.mayday-deploy-history
 systemctl reset-failed
 systemctl start nginx php8.2-fpm
 """

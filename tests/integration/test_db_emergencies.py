@@ -256,6 +256,13 @@ def test_read_only_is_proven_on_both_engines_and_an_open_session_stops_writing(c
         assert f"mayday-lease-{lease['id']}.timer" in found["timers"]
         assert APP_PASSWORD not in json.dumps(record["doc"])
 
+    status = clean.run("status", "--json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    listed = json.loads(status.stdout)["leases"]
+    for host in (DB1, PG1):
+        assert [lease["id"] for lease in listed.get(host, [])] == [results[host]["lease"]["id"]], listed
+        assert listed[host][0]["armed"] and listed[host][0]["incident"] == report["incident"], listed
+
     out = clean.run("db", "read-write", "--json")
     assert out.returncode == 0, out.stdout + out.stderr
     assert pg_read_only() == "" and my_read_only() == "0"

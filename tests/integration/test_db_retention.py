@@ -49,7 +49,7 @@ ROWS = 200
 def core_lab() -> None:
     """The lab with one web host, set up, serving a healthy release (the restore's last check)."""
     if any(container_state(h) != "running" for h in ("db1", "pg1", "web1")):
-        up = subprocess.run([MAYDAY, "lab", "up", "--web", "1"], cwd=ROOT, env=base_env(), capture_output=True,
+        up = subprocess.run([MAYDAY, "lab", "up"], cwd=ROOT, env=base_env(), capture_output=True,
                             text=True, check=False, timeout=1800)
         assert up.returncode == 0, f"mayday lab up failed:\n{up.stdout}\n{up.stderr}"
     if health("web1").get("status") != "healthy":

@@ -46,7 +46,7 @@ pytestmark = pytest.mark.usefixtures("lab_up")
 APP_ROLE = "app"
 TABLE = "web_heartbeats"
 PG_UNIT = "postgresql@15-main"
-ANSWER_WITHIN = 5.0  # seconds: connect_timeout 2 s and a 2 s query deadline, plus PHP and nginx
+ANSWER_WITHIN = 8.0  # seconds: connect_timeout 2 s and a 2 s query deadline, plus PHP, nginx and a busy machine
 
 
 def pgbouncer(command: str) -> list[list[str]]:
