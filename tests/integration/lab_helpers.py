@@ -411,6 +411,15 @@ POSTGRES = LabDb("postgresql", PG_HOST, "pgbench_accounts", "aid")
 LAB_DBS = {db.engine: db for db in (MARIADB, POSTGRES)}
 
 
+def take_backup(mayday: Mayday, db: LabDb) -> dict[str, Any]:
+    """`mayday backup --limit <db host>`, which must succeed; returns the one manifest it wrote."""
+    result = mayday.run("backup", "--limit", db.host, "--json", timeout=600)
+    assert result.returncode == 0, f"rc={result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    taken = json.loads(result.stdout)["backups"]
+    assert len(taken) == 1 and taken[0]["engine"] == db.engine, taken
+    return dict(taken[0])
+
+
 def wait_db_answers(db: LabDb, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while not db.answers():

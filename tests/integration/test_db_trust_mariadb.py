@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import lab_helpers
 import pytest
 from lab_helpers import BACKUP_DIR, KEPT_DB_PREFIX, MARIADB, Mayday, docker, wait_db_answers
 
@@ -80,11 +81,7 @@ def output(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def take_backup(mayday: Mayday) -> dict[str, Any]:
-    result = mayday.run("backup", "--limit", DB.host, "--json", timeout=600)
-    assert result.returncode == 0, output(result)
-    taken = json.loads(result.stdout)["backups"]
-    assert len(taken) == 1 and taken[0]["engine"] == "mariadb", taken
-    return taken[0]
+    return lab_helpers.take_backup(mayday, DB)
 
 
 def restore(mayday: Mayday) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:

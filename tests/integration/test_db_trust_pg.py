@@ -11,12 +11,12 @@ grant to another role and a database setting, and remove them again afterwards. 
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import lab_helpers
 import pytest
 from lab_helpers import (
     BACKUP_DIR,
@@ -85,11 +85,7 @@ def backup_files() -> set[str]:
 
 
 def take_backup(mayday: Mayday) -> dict[str, Any]:
-    result = mayday.run("backup", "--limit", DB.host, "--json", timeout=600)
-    assert result.returncode == 0, output(result)
-    taken = json.loads(result.stdout)["backups"]
-    assert len(taken) == 1 and taken[0]["engine"] == "postgresql", taken
-    return taken[0]
+    return lab_helpers.take_backup(mayday, DB)
 
 
 def restore_recovered(mayday: Mayday, manifest: dict[str, Any]) -> dict[str, Any]:
