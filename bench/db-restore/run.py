@@ -58,7 +58,9 @@ ENGINES = {
                 "md5((g * 7)::text) || md5((g * 11)::text) || md5((g * 13)::text), "
                 "'2026-01-01'::timestamp + g * interval '1 second' FROM generate_series({first}, {last}) g",
         "native": "runuser -u postgres -- psql -q -c 'DROP DATABASE IF EXISTS scratch' -c 'CREATE DATABASE scratch'",
-        "native_run": "runuser -u postgres -- pg_restore -j $(nproc) -d scratch {dump}",
+        # A copy the postgres user can open by name (the backup directory is root's, 0700), made untimed.
+        "native_prepare": "install -o postgres -m 0600 {dump} /var/lib/postgresql/native.pgdump",
+        "native_run": "runuser -u postgres -- pg_restore -j $(nproc) -d scratch /var/lib/postgresql/native.pgdump",
         "native_drop": "runuser -u postgres -- psql -q -c 'DROP DATABASE scratch'",
         "cleanup": "for d in $(runuser -u postgres -- psql -At -c \"SELECT datname FROM pg_database "
                    "WHERE datname LIKE 'app__mayday_pre_%'\"); do runuser -u postgres -- psql -q -c "
@@ -129,6 +131,8 @@ def main() -> None:
         sh(str(BIN / "ansible-playbook"), "-i", str(inv), str(ROOT / "playbooks" / "db-backup.yml"), env=env, cwd=ROOT)
         manifest = json.loads(inside(f"cat /var/backups/mayday/{args.engine}-app-*[0-9]Z.manifest.json"))
         dump = f"/var/backups/mayday/{manifest['file']}"
+        if eng.get("native_prepare"):
+            inside(eng["native_prepare"].format(dump=dump))
         print(f"dump {manifest['file']}: {manifest['size'] / 1e6:.0f} MB, "
               f"{sum(t['rows'] for t in manifest['tables'].values())} rows", flush=True)
         native: list[float] = []
