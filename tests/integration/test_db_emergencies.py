@@ -29,7 +29,6 @@ from lab_helpers import (
     PREFIX,
     ROOT,
     Mayday,
-    base_env,
     docker,
     lab_inventory_args,
     start_playbook,
@@ -158,14 +157,8 @@ def back_to_normal() -> None:
 
 
 @pytest.fixture(scope="module")
-def emg_lab() -> None:
-    """db1 and pg1 of the lab under test, set up (`mayday lab up` when they are not running)."""
-    states = {h: docker("inspect", "-f", "{{.State.Status}}", PREFIX + h, check=False).stdout.strip()
-              for h in (DB1, PG1)}
-    if any(s != "running" for s in states.values()):
-        up = subprocess.run([str(ROOT / ".venv" / "bin" / "mayday"), "lab", "up", "--web", "1"], cwd=ROOT,
-                            env=base_env(), capture_output=True, text=True, check=False, timeout=1800)
-        assert up.returncode == 0, f"mayday lab up failed:\n{up.stdout}\n{up.stderr}"
+def emg_lab(lab_up: None) -> None:
+    """db1 and pg1 of the lab under test, set up (the session's `mayday lab up`)."""
     sh(PG1, f"{AS_POSTGRES} -c 'SELECT 1 FROM {MARKER_TABLE} LIMIT 1'")  # the lab's app table is there
 
 
