@@ -272,9 +272,12 @@ def test_controller_killed_between_host_switches_then_a_rerun_converges(mayday: 
     left = [h for h in LAB_HOSTS if host_lock(h) is not None]
     assert left, "the killed run should have left host locks behind"
 
+    # web2's rollback may have been on its way when the controller died (docker exec outlives its
+    # client): then web2 finished on its own and the re-run finds production up (NOOP).
+    on_v2_before = current_release("web2") == "v2"
     result = mayday.run("level1")
     assert result.returncode == 0, output(result)
-    assert mayday.last_report()["outcome"] == "RECOVERED", mayday.last_report()
+    assert mayday.last_report()["outcome"] == ("RECOVERED" if on_v2_before else "NOOP"), mayday.last_report()
     assert_serves("v1")
     for host in WEB_HOSTS:
         assert markers(host) == {"v2": "file"}, f"{host}: {markers(host)}"
