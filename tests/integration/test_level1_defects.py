@@ -275,7 +275,7 @@ def test_controller_killed_between_host_switches_then_a_rerun_converges(mayday: 
     # web2's rollback may have been on its way when the controller died (docker exec outlives its
     # client): then web2 finished on its own and the re-run finds production up (NOOP).
     deadline = time.monotonic() + 60
-    while dexec("web2", "pgrep -f mayday_recover_core || true").strip():
+    while dexec("web2", "pgrep -f mayday_recover_cor[e] || true").strip():
         assert time.monotonic() < deadline, "web2's rollback exec did not end"
         time.sleep(0.2)
     on_v2_before = current_release("web2") == "v2"
