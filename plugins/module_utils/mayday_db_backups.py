@@ -221,21 +221,12 @@ def room_for_backup(eng, db, backup_dir, freed=0, headroom_pct=0):
     return f"{free} bytes free, the dump needs {need}"
 
 
-def _data_dir(eng):
-    """The directory the engine keeps its databases in (the shadow restore's disk)."""
-    getter = getattr(eng, "data_dir", None)
-    if getter is not None:
-        return getter()
-    query = "SHOW data_directory" if eng.engine == "postgresql" else "SELECT @@datadir"
-    return eng.sql(query)[0][0]
-
-
 def room_for_restore(eng, db, backup_dir, headroom_pct, freed=0):
     """Read-only: room for the shadow (on the data directory's disk) and for the safety dump."""
     if not eng.exists(db):
         raise DbError(f"database {db!r} does not exist")
     size = eng.size(db)
-    data_dir, dumps = _data_dir(eng), _existing(backup_dir)
+    data_dir, dumps = eng.data_dir(), _existing(backup_dir)
     needs = []
     for what, path, need, extra in (("shadow database", data_dir, with_headroom(size, headroom_pct), freed),
                                     ("safety dump", dumps, with_headroom(size, headroom_pct), 0)):
@@ -256,7 +247,7 @@ def backup(params, kind="backup", changes=None, source=None):
     manifest still names the live database, so the dump restores into it."""
     changes = [] if changes is None else changes
     eng = engine_for(params)
-    db = check_database_name(params["database"], getattr(eng, "max_name", 63), eng.engine)
+    db = check_database_name(params["database"], eng.max_name, eng.engine)
     source = source or db
     backup_dir = params["backup_dir"]
     ensure_dir(backup_dir, changes)
@@ -334,18 +325,10 @@ def expired(items, keep, min_age_minutes, now, protect=()):
             if name not in protect and now - when >= min_age_minutes * 60]
 
 
-def _databases(eng):
-    getter = getattr(eng, "databases", None)
-    if getter is not None:
-        return list(getter())
-    query = "SELECT datname FROM pg_database" if eng.engine == "postgresql" else "SHOW DATABASES"
-    return [row[0] for row in eng.sql(query)]
-
-
 def kept_databases(eng, db):
     """The databases restores of `db` replaced and kept: name, time, size; oldest first."""
     found = []
-    for name in _databases(eng):
+    for name in eng.databases():
         when = kept_name_time(db, name)
         if when is not None:
             found.append({"name": name, "epoch": when, "time": name[-STAMP_LEN:], "size": eng.size(name)})
@@ -540,22 +523,14 @@ def _preflight(eng, db, shadow, keep_as, expected):
     _engine_accepts(shadow, keep_as)
     if eng.exists(keep_as):
         raise DbError(f"{keep_as} exists already; run again in a second")
-    check = getattr(eng, "preflight_restore", None)
-    if check is not None:
-        check(db, shadow, keep_as, expected=expected)
-    return f"{shadow} and {keep_as} fit ({getattr(eng, 'max_name', 63)} characters at most)"
+    eng.preflight_restore(db, shadow, keep_as, expected=expected)
+    return f"{shadow} and {keep_as} fit ({eng.max_name} characters at most)"
 
 
 def _safety_dump(params, eng, keep_as, changes):
     """Dump the kept (pre-restore) database at low priority and verify the file against its manifest."""
-    reopened = eng.engine == "postgresql"  # kept closed to connections since the swap: open it to dump it
-    if reopened:
-        eng.sql(f'ALTER DATABASE "{check_name(keep_as)}" WITH ALLOW_CONNECTIONS true')
-    try:
+    with eng.opened(keep_as):  # PostgreSQL keeps it closed to connections since the swap
         manifest = backup(params, "safety", changes, source=keep_as)
-    finally:
-        if reopened:
-            eng.sql(f'ALTER DATABASE "{keep_as}" WITH ALLOW_CONNECTIONS false')
     verify_backup(params, manifest)
     return manifest
 
@@ -564,7 +539,7 @@ def _restore(params, steps, changes, check_mode=False):
     """Pre-flight (names, engine, disk), restore into shadow, verify, swap, verify; then the safety
     dump of the kept database and retention. Returns a report dict."""
     eng = engine_for(params)
-    max_name = getattr(eng, "max_name", 63)
+    max_name = eng.max_name
     db = steps.run("check the database name", check_database_name, params["database"], max_name, eng.engine)
     shadow, keep_as = steps.run("derive the shadow and kept names", derived_names, db, max_name)
     backup_dir = params["backup_dir"]

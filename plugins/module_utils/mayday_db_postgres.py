@@ -6,6 +6,7 @@
 # speaking JSON lines). Values travel as parameters; identifiers are double-quoted by ident().
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -293,6 +294,9 @@ class Postgres:
     def databases(self):
         return [row[0] for row in self.sql("SELECT datname FROM pg_database ORDER BY datname")]
 
+    def data_dir(self):
+        return self.sql("SELECT current_setting('data_directory')")[0][0]
+
     def size(self, db):
         return int(self.sql("SELECT pg_database_size(oid) FROM pg_database WHERE datname = %s", args=[db])[0][0])
 
@@ -427,13 +431,6 @@ class Postgres:
         if self.exists(keep_as):
             raise DbError(f"database {keep_as!r} (where the replaced database would be kept) already exists")
 
-    def dump(self, db, path, fast=False):
-        # A safety backup runs beside the restore: no compression, and it yields the CPU to it.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            run([*(BESIDE if fast else []), *self.as_admin, "pg_dump", "-Fc", "-Z", "0" if fast else "1",
-                 "-d", check_name(db)], stdout=handle, timeout=self.timeouts["dump"], waiting_for="pg_dump")
-
     def readable(self, path):
         with open(path, "rb") as handle:
             run([*self.as_admin, "pg_restore", "-l"], stdin=handle, timeout=self.timeouts["dump"],
@@ -494,6 +491,23 @@ class Postgres:
             self._bounded(session)
             session.query(f"DROP DATABASE IF EXISTS {ident(db)} WITH (FORCE)", waiting_for=f"dropping {db}")
 
+    def _allow_connections(self, session, db, allowed):
+        session.query(f"ALTER DATABASE {ident(db)} WITH ALLOW_CONNECTIONS {'true' if allowed else 'false'}",
+                      waiting_for=f"a lock on database {db} (ALTER DATABASE)")
+
+    @contextlib.contextmanager
+    def opened(self, db):
+        """A database kept closed to connections (the copy a restore replaced), open while it is read."""
+        with self.session() as session:
+            self._bounded(session)
+            self._allow_connections(session, db, True)
+        try:
+            yield
+        finally:
+            with self.session() as session:
+                self._bounded(session)
+                self._allow_connections(session, db, False)
+
     def stop_writes(self, db, marker):
         check_name(db)
         with open(marker, "w") as handle:
@@ -502,8 +516,7 @@ class Postgres:
             self.bouncer.pause(db)
         with self.session() as session:
             self._bounded(session)
-            session.query(f"ALTER DATABASE {ident(db)} WITH ALLOW_CONNECTIONS false",
-                          waiting_for=f"a lock on database {db} (ALTER DATABASE)")
+            self._allow_connections(session, db, False)
             session.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
                           "AND pid <> pg_backend_pid()", [db])
 
@@ -511,8 +524,7 @@ class Postgres:
         if self.exists(db):
             with self.session() as session:
                 self._bounded(session)
-                session.query(f"ALTER DATABASE {ident(db)} WITH ALLOW_CONNECTIONS true",
-                              waiting_for=f"a lock on database {db} (ALTER DATABASE)")
+                self._allow_connections(session, db, True)
         if self.bouncer:
             self.bouncer.resume(db)
         if os.path.exists(marker):
