@@ -125,7 +125,7 @@ def scenario_command(scenario: Scenario) -> click.Command:
 
     command = target_options(run)
     for param in reversed(scenario.params):
-        option = "--" + param.name
+        option = "--" + param.name.replace("_", "-")
         if param.is_flag:
             command = click.option(option, is_flag=True, default=None, help=param.help)(command)
         elif param.choices:
@@ -138,7 +138,8 @@ def scenario_command(scenario: Scenario) -> click.Command:
 
 
 # A scenario with a group is a subcommand of it: `mayday db read-only`.
-GROUP_HELP = {"db": "Database emergencies: pgbouncer reset, read-only under a lease, back to read-write."}
+GROUP_HELP = {"db": "Database emergencies: pgbouncer reset, long queries, read-only under a lease, back to "
+              "read-write, data corruption."}
 _groups: dict[str, click.Group] = {}
 for _scenario in SCENARIOS.values():
     if not _scenario.group:

@@ -169,6 +169,86 @@ def db_mode_state(value: Any) -> str:
     return text
 
 
+# Long queries (kill-long): who may be cut and how many at once.
+OLDER_THAN_RANGE_S = (1, 7 * 86400)
+MAX_VICTIMS_RANGE = (1, 10000)
+GRACE_RANGE_S = (0, 300)
+MATCH_MAX_LEN = 200
+
+
+def older_than(value: Any) -> str:
+    """How long a query must have run to be a victim: 30s, 5m, 1h (1s .. 7d), canonical form."""
+    text = "" if isinstance(value, bool) else str(value).strip().lower()
+    if re.fullmatch(r"\d+", text):
+        raise BadValue(f"older-than {value!r} has no unit; valid: a number with a unit s, m, h or d, such as 30s, 5m")
+    try:
+        return format_duration(duration_seconds(value))
+    except BadValue as exc:
+        raise BadValue(str(exc).replace("duration", "older-than", 1)
+                       .replace(" (1m to the inventory's mayday_lease_max)", " (1s to 7d)")) from None
+
+
+def match_regex(value: Any) -> str:
+    """A Python regular expression (searched, case-sensitive) on a session's user, database or query."""
+    text = str(value)
+    if not text or len(text) > MATCH_MAX_LEN:
+        raise BadValue(f"pattern {text[:40]!r} must be 1..{MATCH_MAX_LEN} characters; valid: a regular expression")
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise BadValue(f"pattern {text!r} is not a regular expression ({exc}); "
+                       "valid: e.g. '^report_', 'SELECT .* FROM big'") from None
+    return text
+
+
+def _whole_number(name: str, value: Any, low: int, high: int, unit: str = "") -> int:
+    if isinstance(value, bool) or not re.fullmatch(r"\s*\d+\s*", str(value)):
+        raise BadValue(f"{name} {value!r} is not a whole number; valid: {low}..{high}{unit}")
+    number = int(str(value))
+    if not low <= number <= high:
+        raise BadValue(f"{name} {number} is out of range; valid: {low}..{high}{unit}")
+    return number
+
+
+def max_victims(value: Any) -> int:
+    return _whole_number("max-victims", value, *MAX_VICTIMS_RANGE)
+
+
+def grace_seconds(value: Any) -> int:
+    return _whole_number("grace", value, *GRACE_RANGE_S, " seconds")
+
+
+# Performance recovery: Redis keys are flushed by a glob pattern, never one that matches every key.
+REDIS_GLOB_SPECIAL = set("*?[]\\^-")
+LATENCY_RANGE_MS = (10, 60000)
+ESCALATIONS = ("none", "level1")
+
+
+def redis_pattern(value: Any) -> str:
+    """A Redis glob (SCAN MATCH) with at least one literal character, so it cannot match every key."""
+    text = str(value or "").strip()
+    valid = "valid: a Redis glob with a literal part, such as 'profile:*' or 'cache:*:html'"
+    if not text:
+        raise BadValue(f"no Redis key pattern given; {valid}")
+    if len(text) > MATCH_MAX_LEN or any(ch.isspace() or not ch.isprintable() for ch in text):
+        raise BadValue(f"pattern {text[:40]!r} has spaces or is over {MATCH_MAX_LEN} characters; {valid}")
+    literal = re.sub(r"\[[^\]]*\]", "", text.replace("\\", ""))
+    if not any(ch not in REDIS_GLOB_SPECIAL for ch in literal):
+        raise BadValue(f"pattern {text!r} would match every key; {valid} (--flush-all empties the cache on purpose)")
+    return text
+
+
+def latency_ms(value: Any) -> int:
+    return _whole_number("threshold-ms", value, *LATENCY_RANGE_MS, " milliseconds")
+
+
+def escalation(value: Any) -> str:
+    text = str(value or "").strip().lower()
+    if text not in ESCALATIONS:
+        raise BadValue(f"escalate {value!r} is not an escalation; valid: {', '.join(ESCALATIONS)}")
+    return text
+
+
 @dataclass(frozen=True)
 class Param:
     """One input of a scenario: a CLI option and the playbook's extra var of the same name."""

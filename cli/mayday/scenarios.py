@@ -54,6 +54,31 @@ DB_MODE_STATE = Param("state", "on: read-only (the default); off: read-write, th
 LEASE_FOR = Param("for", "How long read-only holds before the host reverts it (30m, 2h; 1m to the inventory's "
                   "mayday_lease_max, default 4h).", rules.lease_duration, default="30m",
                   applies=lambda p: p.get("state") == "on")
+OLDER_THAN = Param("older_than", "Only queries running at least this long (30s, 5m, 1h).", rules.older_than,
+                   default="5m")
+MATCH_USER = Param("match_user", "Only sessions whose user matches this regular expression.", rules.match_regex)
+MATCH_DB = Param("match_db", "Only sessions whose database matches this regular expression.", rules.match_regex)
+MATCH_QUERY = Param("match_query", "Only sessions whose query matches this regular expression.", rules.match_regex)
+MAX_VICTIMS = Param("max_victims", "Refuse (without --force) when more sessions than this would be cut.",
+                    rules.max_victims, default=10)
+GRACE = Param("grace", "Seconds between cancelling a query and terminating its session (0..300).",
+              rules.grace_seconds, default=10)
+KILL_FORCE = Param("force", "Cut more than --max-victims (or over half of all client sessions).", rules.flag,
+                   default=False, is_flag=True)
+CORRUPTION_RESTORE = Param("restore", "After the assessment, restore the last verified backup and go back to "
+                           "read-write (without it: stop read-only under the lease, evidence in the report).",
+                           rules.flag, default=False, is_flag=True)
+CORRUPTION_BACKUP = Param("backup", "--restore: backup id to restore, or latest.", rules.backup_id, default="latest")
+CORRUPTION_FOR = Param("for", "How long the databases stay read-only before the hosts revert it, when the run "
+                       "stops after the assessment.", rules.lease_duration, default="30m")
+REDIS_PATTERN = Param("pattern", "Redis keys to remove (SCAN + UNLINK in batches), a glob with a literal part.",
+                      rules.redis_pattern)
+FLUSH_ALL = Param("flush_all", "Empty the whole Redis database (FLUSHDB ASYNC) instead of a pattern.", rules.flag,
+                  default=False, is_flag=True)
+THRESHOLD_MS = Param("threshold_ms", "Health-endpoint latency over which the run says it did not recover.",
+                     rules.latency_ms, default=2000)
+ESCALATE = Param("escalate", "When latency stays over the threshold: none (say so) or level1 (run it).",
+                 rules.escalation, default="none", choices=lambda: list(rules.ESCALATIONS))
 DB_PHASES = ("Open", "Pre-flight", "Switch", "Verify", "Report")
 
 ROLLBACK_PHASES = ("Open", "Pre-flight", "Rollback", "Verify", "Notify", "Report")
@@ -81,6 +106,21 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("read-write", "db-read-only.yml",
              "Switch the databases back to read-write and release their lease; proven by a write that goes through.",
              "Databases back to read-write", 2, DB_PHASES, [], fixed={"state": "off"}, group="db"),
+    Scenario("kill-long", "db-kill-long-queries.yml",
+             "Cancel, then terminate, client queries running too long (never replication, workers, mayday, "
+             "allowlisted roles).",
+             "Long queries cut (older than {older_than})", 2, ("Open", "Pre-flight", "Kill", "Verify", "Report"),
+             [OLDER_THAN, MATCH_USER, MATCH_DB, MATCH_QUERY, MAX_VICTIMS, GRACE, KILL_FORCE], group="db"),
+    Scenario("corruption", "data-corruption.yml",
+             "Data corruption: read-only, emergency backup, integrity check; with --restore the verified restore, "
+             "a consistency check and read-write.",
+             "Data corruption", 1, ("Open", "Pre-flight", "Freeze", "Backup", "Assess", "Restore", "Verify", "Report"),
+             [CORRUPTION_RESTORE, CORRUPTION_BACKUP, CORRUPTION_FOR], group="db"),
+    Scenario("performance", "performance-recovery.yml",
+             "Performance degradation: measure, flush caches (opcache, app cache, Redis by pattern), reload "
+             "php-fpm, measure again; escalate to Level 1 if asked.",
+             "Performance degradation", 2, ("Open", "Pre-flight", "Measure", "Flush", "Verify", "Report"),
+             [REDIS_PATTERN, FLUSH_ALL, THRESHOLD_MS, ESCALATE]),
 )}
 
 

@@ -12,7 +12,8 @@ from mayday.scenarios import SCENARIOS
 
 
 def test_db_scenarios_are_in_group_db_and_others_in_none() -> None:
-    assert {n for n, s in SCENARIOS.items() if s.group == "db"} == {"pgbouncer-reset", "read-only", "read-write"}
+    assert {n for n, s in SCENARIOS.items() if s.group == "db"} == {"pgbouncer-reset", "read-only", "read-write",
+                                                                   "kill-long", "corruption"}
     assert all(s.group == "" for n, s in SCENARIOS.items() if n in ("level1", "level2", "restore", "backup"))
 
 
