@@ -125,8 +125,12 @@ def scenario_command(scenario: Scenario) -> click.Command:
 
     command = target_options(run)
     for param in reversed(scenario.params):
+        if param.name in scenario.fixed:
+            continue  # the command itself says it (`lease extend`: op=extend)
         option = "--" + param.name.replace("_", "-")
-        if param.is_flag:
+        if param.positional:
+            command = click.argument(param.name, required=False)(command)  # missing: refused with the rule's words
+        elif param.is_flag:
             command = click.option(option, is_flag=True, default=None, help=param.help)(command)
         elif param.choices:
             command = click.option(option, default=None, help=param.help + " Valid: "
@@ -134,12 +138,14 @@ def scenario_command(scenario: Scenario) -> click.Command:
         else:
             shown = f" [default: {param.default}]" if param.default not in (None, False) else ""
             command = click.option(option, default=None, help=param.help + shown)(command)
-    return click.command(scenario.name, help=scenario.help)(command)
+    return click.command(scenario.command or scenario.name, help=scenario.help)(command)
 
 
 # A scenario with a group is a subcommand of it: `mayday db read-only`.
 GROUP_HELP = {"db": "Database emergencies: pgbouncer reset, long queries, read-only under a lease, back to "
-              "read-write, data corruption."}
+              "read-write, data corruption.",
+              "lease": "Leases: temporary emergency changes that the hosts revert at expiry (`mayday status` lists "
+                       "them)."}
 _groups: dict[str, click.Group] = {}
 for _scenario in SCENARIOS.values():
     if not _scenario.group:

@@ -169,6 +169,27 @@ def db_mode_state(value: Any) -> str:
     return text
 
 
+LEASE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+def lease_id(value: Any) -> str:
+    text = str(value or "").strip()
+    if not LEASE_ID.match(text):
+        raise BadValue(f"lease {text!r} is not a lease id; valid: an id listed by `mayday status` "
+                       "(lower-case letters, digits, '-')")
+    return text
+
+
+LEASE_OPS = ("extend", "release")
+
+
+def lease_op(value: Any) -> str:
+    text = str(value or "").strip().lower()
+    if text not in LEASE_OPS:
+        raise BadValue(f"op {value!r} is not a lease operation; valid: {', '.join(LEASE_OPS)}")
+    return text
+
+
 # Long queries (kill-long): who may be cut and how many at once.
 OLDER_THAN_RANGE_S = (1, 7 * 86400)
 MAX_VICTIMS_RANGE = (1, 10000)
@@ -262,6 +283,8 @@ class Param:
     # Only checked when this says it applies (minutes only for the webhook component).
     applies: Callable[[dict[str, Any]], bool] = field(default=lambda params: True)
     choices: Callable[[], list[str]] | None = None
+    # A CLI argument rather than an option (`mayday lease release ID`).
+    positional: bool = False
 
 
 def check_params(params: list[Param], given: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:

@@ -31,6 +31,8 @@ class Scenario:
     fixed: dict[str, str] = field(default_factory=dict)
     # Commands of a group are nested under it in the CLI (group "db": `mayday db read-only`).
     group: str = ""
+    # The CLI command's name when it differs (`mayday lease extend` runs scenario lease-extend).
+    command: str = ""
 
 
 RELEASE = Param("release", "Roll back to this release id (default: the newest good one deployed before the live one).",
@@ -79,6 +81,11 @@ THRESHOLD_MS = Param("threshold_ms", "Health-endpoint latency over which the run
                      rules.latency_ms, default=2000)
 ESCALATE = Param("escalate", "When latency stays over the threshold: none (say so) or level1 (run it).",
                  rules.escalation, default="none", choices=lambda: list(rules.ESCALATIONS))
+LEASE_OP = Param("op", "extend or release.", rules.lease_op, required=True, choices=lambda: list(rules.LEASE_OPS))
+LEASE_ID = Param("id", "The lease id (`mayday status` lists them).", rules.lease_id, required=True, positional=True)
+LEASE_EXTEND_FOR = Param("for", "The lease now expires this long from now (30m, 2h; within the inventory's bounds).",
+                         rules.lease_duration, required=True)
+LEASE_PHASES = ("Open", "Pre-flight", "Lease", "Report")
 DB_PHASES = ("Open", "Pre-flight", "Switch", "Verify", "Report")
 
 ROLLBACK_PHASES = ("Open", "Pre-flight", "Rollback", "Verify", "Notify", "Report")
@@ -106,6 +113,12 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("read-write", "db-read-only.yml",
              "Switch the databases back to read-write and release their lease; proven by a write that goes through.",
              "Databases back to read-write", 2, DB_PHASES, [], fixed={"state": "off"}, group="db"),
+    Scenario("lease-extend", "lease.yml", "Extend a lease: the host now reverts its change this long from now.",
+             "Lease {id} extended by {for}", 3, LEASE_PHASES, [LEASE_OP, LEASE_ID, LEASE_EXTEND_FOR], success="DONE",
+             fixed={"op": "extend"}, group="lease", command="extend"),
+    Scenario("lease-release", "lease.yml", "Release a lease now: the host reverts its change and forgets the lease.",
+             "Lease {id} released", 3, LEASE_PHASES, [LEASE_OP, LEASE_ID], success="DONE", fixed={"op": "release"},
+             group="lease", command="release"),
     Scenario("kill-long", "db-kill-long-queries.yml",
              "Cancel, then terminate, client queries running too long (never replication, workers, mayday, "
              "allowlisted roles).",

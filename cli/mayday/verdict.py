@@ -106,6 +106,20 @@ def reachability(probes: dict[str, Any]) -> Preflight:
     return Preflight(refusals)
 
 
+def lease_preflight(probes: dict[str, Any], lease_id: str) -> Preflight:
+    """lease extend/release: the hosts holding the lease; refused, naming the active ones, when none does."""
+    unreachable, broken = _silent(probes)
+    if unreachable or broken:
+        return Preflight(([f"unreachable: {', '.join(unreachable)}"] if unreachable else []) + broken)
+    held = {h: [lease.get("id") for lease in (p or {}).get("leases") or []] for h, p in probes.items()}
+    holders = sorted(h for h, ids in held.items() if lease_id in ids)
+    if not holders:
+        active = sorted(f"{i} ({h})" for h, ids in held.items() for i in ids)
+        return Preflight([f"no lease {lease_id!r} on {', '.join(sorted(probes)) or 'any host'}; "
+                          f"valid: {', '.join(active) or 'none: no lease is active'} (see `mayday status`)"])
+    return Preflight(detail={"lease_hosts": holders})
+
+
 def level1_preflight(probes: dict[str, Any], web_hosts: list[str], release: str | None) -> Preflight:
     """Level 1: every host inspected; decide refusals, NOOP, targets and each web host's fallback."""
     if not web_hosts:

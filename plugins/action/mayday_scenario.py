@@ -138,6 +138,9 @@ class ActionModule(ActionBase):
             probes = self._host_values(task_vars, args.get("probe_var") or "", hosts)
             web = [h for h in hosts if h in set((task_vars.get("groups") or {}).get("web") or [])]
             found = verdict.level1_preflight(probes, web, (opened.get("params") or {}).get("release"))
+        elif args.get("judge") == "lease" and found.go:
+            probes = self._host_values(task_vars, args.get("probe_var") or "", hosts)
+            found = verdict.lease_preflight(probes, str((opened.get("params") or {}).get("id") or ""))
         doc = found.as_dict()
         doc["msg"] = "; ".join(found.refusals) or found.reason or "go"
         return doc

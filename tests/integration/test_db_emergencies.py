@@ -284,6 +284,44 @@ def test_lease_reverts_on_the_host_after_the_controller_was_killed(clean: Mayday
     assert pg_write_as_app("emg-after-expiry") and my_write_as_app("emg-after-expiry")
 
 
+def timer_next_epoch(host: str, lease_id: str) -> float:
+    """When the host's timer for this lease fires (systemd's own monotonic schedule), as epoch seconds."""
+    out = sh(host, f"""
+        span=$(systemctl show -P NextElapseUSecMonotonic mayday-lease-{lease_id}.timer)
+        systemd-analyze timespan "$span" | awk '/μs:/ {{print $2}}'
+        cut -d' ' -f1 /proc/uptime; date +%s.%N""").split()
+    next_usec, uptime, now = out
+    return float(now) + int(next_usec) / 1e6 - float(uptime)
+
+
+def test_lease_extend_moves_the_hosts_timer_and_release_reverts_now(clean: Mayday) -> None:
+    out = playbook(clean, "db-read-only.yml", "--limit", PG1, "-e", "for=2m")
+    assert out.returncode == 0, out.stdout[-3000:]
+    lease_id = next(iter(leases(PG1)["records"].values()))["doc"]["id"]
+    before = snapshot()
+
+    unknown = clean.run("lease", "extend", "no-such-lease", "--for", "1h")
+    assert unknown.returncode == 2, unknown.stdout + unknown.stderr
+    assert lease_id in json.dumps(clean.last_report()["refusals"]), "the refusal should name the active lease"
+    dry = clean.run("lease", "extend", lease_id, "--for", "1h", "--check")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert snapshot() == before, "a refused or dry extend changed a host"
+
+    out = clean.run("lease", "extend", lease_id, "--for", "1h")
+    assert out.returncode == 0, out.stdout + out.stderr
+    record = leases(PG1)["records"][lease_id + ".json"]["doc"]
+    assert abs(record["expires_epoch"] - (time.time() + 3600)) < 60
+    assert abs(timer_next_epoch(PG1, lease_id) - record["expires_epoch"]) < 5, "the timer was not moved"
+    assert pg_read_only().endswith("=on"), "extending must not touch the change itself"
+
+    out = playbook(clean, "lease.yml", "-e", "op=release", "-e", f"id={lease_id}")
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert pg_read_only() == "", "release did not run the revert"
+    assert leases(PG1) == {"records": {}, "timers": []}
+    assert pg_write_as_app("emg-after-release")
+    assert clean.last_report()["outcome"] == "DONE"
+
+
 def test_a_restart_does_not_make_read_only_permanent(clean: Mayday) -> None:
     out = playbook(clean, "db-read-only.yml", "--limit", PG1, "-e", "for=15s", "-e", "mayday_lease_min=1s")
     assert out.returncode == 0, out.stdout[-3000:]

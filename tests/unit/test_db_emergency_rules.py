@@ -78,6 +78,12 @@ def test_titles_format_with_the_checked_params() -> None:
     (["db", "pgbouncer-reset", "--timeout", "0"], "valid: 1..600"),
     (["db", "read-only", "--for", "abc"], "valid: a number with a unit"),
     (["db", "read-only", "--for", "0"], "valid: a number with a unit"),
+    (["lease", "release"], "valid: an id listed by `mayday status`"),
+    (["lease", "extend", "read-only-1", "--for", "soon"], "valid: a number with a unit"),
+    (["db", "kill-long", "--older-than", "5"], "has no unit"),
+    (["db", "kill-long", "--match-query", "("], "not a regular expression"),
+    (["performance", "--pattern", "*"], "would match every key"),
+    (["performance", "--escalate", "level9"], "valid: none, level1"),
 ])
 def test_cli_refuses_bad_input_before_any_run(args: list[str], valid: str) -> None:
     """`mayday db <scenario>`: refused by the rule before a playbook starts (no inventory, no lab needed):
@@ -89,3 +95,70 @@ def test_cli_refuses_bad_input_before_any_run(args: list[str], valid: str) -> No
     assert isinstance(result.exception, BadInput), result.output
     assert result.exception.exit_code == 2
     assert valid in str(result.exception)
+
+
+# --- leases: extend and release --------------------------------------------------------------------
+def test_lease_commands_run_one_playbook_with_the_operation_fixed() -> None:
+    extend, release = SCENARIOS["lease-extend"], SCENARIOS["lease-release"]
+    assert extend.playbook == release.playbook == "lease.yml"
+    assert (extend.command, extend.fixed, release.command, release.fixed) == (
+        "extend", {"op": "extend"}, "release", {"op": "release"})
+
+
+@pytest.mark.parametrize("value", ["", "Read-Only", "../x", "a b", "x" * 64])
+def test_bad_lease_ids_are_refused(value: str) -> None:
+    with pytest.raises(BadValue, match="valid: an id listed by `mayday status`"):
+        rules.lease_id(value)
+
+
+def test_lease_preflight_finds_the_holder_or_names_the_active_leases() -> None:
+    from mayday.verdict import lease_preflight
+
+    probes = {"db1": {"leases": [{"id": "read-only-1"}]}, "pg1": {"leases": []}, "web1": {"leases": []}}
+    assert lease_preflight(probes, "read-only-1").detail == {"lease_hosts": ["db1"]}
+    refused = lease_preflight(probes, "gone")
+    assert not refused.go and "valid: read-only-1 (db1)" in refused.refusals[0]
+    assert "none: no lease is active" in lease_preflight({"db1": {"leases": []}}, "x").refusals[0]
+    assert lease_preflight({"db1": None}, "x").refusals == ["unreachable: db1"]
+
+
+# --- kill-long, corruption, performance: input rules ---------------------------------------------------
+@pytest.mark.parametrize(("value", "expected"), [("5m", "5m"), ("90s", "1m30s"), ("1h", "1h"), (" 2S ", "2s")])
+def test_older_than_durations(value: str, expected: str) -> None:
+    assert rules.older_than(value) == expected
+
+
+@pytest.mark.parametrize("value", ["5", "", "0s", "abc", "8d", True])
+def test_bad_older_than_names_the_format(value: object) -> None:
+    with pytest.raises(BadValue, match=r"older-than .*valid: a number with a unit"):
+        rules.older_than(value)
+
+
+@pytest.mark.parametrize("value", ["(", "[a-", "x" * 201, ""])
+def test_bad_regular_expressions(value: str) -> None:
+    with pytest.raises(BadValue, match="valid"):
+        rules.match_regex(value)
+
+
+@pytest.mark.parametrize("value", ["0", "10001", "-1", "ten"])
+def test_bad_max_victims(value: str) -> None:
+    with pytest.raises(BadValue, match=r"valid: 1\.\.10000"):
+        rules.max_victims(value)
+
+
+@pytest.mark.parametrize("value", ["profile:*", "cache:*:html", "*:profile", "a?"])
+def test_redis_patterns_with_a_literal_part(value: str) -> None:
+    assert rules.redis_pattern(value) == value
+
+
+@pytest.mark.parametrize("value", ["*", "**", "?*", "[a-z]*", "*[^x]*", "\\*", "", "a b"])
+def test_redis_patterns_that_could_match_every_key_are_refused(value: str) -> None:
+    with pytest.raises(BadValue, match="valid: a Redis glob with a literal part"):
+        rules.redis_pattern(value)
+
+
+def test_kill_long_defaults_and_refusals_together() -> None:
+    clean, problems = check_params(SCENARIOS["kill-long"].params, {"older_than": "abc", "max_victims": "0"})
+    assert len(problems) == 2 and clean["grace"] == 10 and clean["force"] is False
+    clean, problems = check_params(SCENARIOS["kill-long"].params, {})
+    assert problems == [] and clean["older_than"] == "5m" and clean["max_victims"] == 10
