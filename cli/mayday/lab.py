@@ -232,6 +232,83 @@ def lab_status() -> None:
                           check=False).stdout.split()
         click.echo(f"{name:<6} {state(name):<8} {' '.join(services)}")
 
+# Load for tests and benchmarks, bounded in clients and seconds: it stops by itself.
+# PostgreSQL: pgbench (TPC-B) as the app's role through pgbouncer on pg1, a log line per transaction.
+PGBENCH = ("set -e; cd /tmp; export PGPASSWORD=\"$LOAD_PASSWORD\"; pg=\"-h 127.0.0.1 -p 6432 -U app\"; "
+           "[ \"$(psql -X -A -t $pg -d app -c \"SELECT to_regclass('pgbench_history') IS NOT NULL\")\" = t ] "
+           "|| pgbench $pg -i -s 1 -q app >/dev/null 2>&1; rm -f mayday-load.*; "
+           "set +e; pgbench $pg -n {connect} -c {clients} -j 2 -T {seconds} -l --log-prefix=mayday-load app "
+           "> mayday-load.out 2>&1; echo \"rc=$?\"; cat mayday-load.out; "
+           "echo max_us=$(cat mayday-load.[0-9]* 2>/dev/null "
+           "| awk 'BEGIN {{m = 0}} $3 > m {{m = $3}} END {{print m}}')")
+# MariaDB: one connection per client inserting rows on db1 for the given time; reconnects on errors.
+MARIADB_LOOP = r"""
+import os, sys, threading, time
+import pymysql
+clients, seconds = int(sys.argv[1]), float(sys.argv[2])
+conf = dict(host="127.0.0.1", user="app", password=os.environ["LOAD_PASSWORD"], database="app", autocommit=True,
+            connect_timeout=5, read_timeout=30, write_timeout=30)
+setup = pymysql.connect(**conf)
+setup.cursor().execute("CREATE TABLE IF NOT EXISTS mayday_load (id BIGINT AUTO_INCREMENT PRIMARY KEY, "
+                       "client INT, at DATETIME(6) DEFAULT CURRENT_TIMESTAMP(6))")
+setup.close()
+done, failed, worst, lock = [0], [0], [0.0], threading.Lock()
+end = time.monotonic() + seconds
+def client(n):
+    conn = None
+    while time.monotonic() < end:
+        t0 = time.monotonic()
+        try:
+            conn = conn or pymysql.connect(**conf)
+            conn.cursor().execute("INSERT INTO mayday_load (client) VALUES (%s)", (n,))
+            with lock:
+                done[0] += 1; worst[0] = max(worst[0], time.monotonic() - t0)
+        except pymysql.MySQLError:
+            with lock:
+                failed[0] += 1
+            conn = None
+            time.sleep(0.05)
+threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+[t.start() for t in threads]; [t.join() for t in threads]
+print(f"processed={done[0]} failed={failed[0]} max_us={int(worst[0] * 1e6)}")
+"""
+
+
+def load(engine: str, clients: int, seconds: int, connect_each: bool = False) -> dict[str, Any]:
+    """Runs a bounded load on the lab's database host and returns what it saw (transactions, failures,
+    clients aborted, the longest transaction)."""
+    password = os.environ.get("MAYDAY_LAB_DB_PASSWORD") or "lab-only-not-a-secret"
+    if engine == "postgresql":
+        script = PGBENCH.format(connect="-C" if connect_each else "", clients=clients, seconds=seconds)
+        out = docker("exec", "-e", f"LOAD_PASSWORD={password}", prefix() + "pg1", "bash", "-c", script).stdout
+        found = dict(re.findall(r"^(rc|max_us)=(\d+)$", out, re.MULTILINE))
+        processed = re.search(r"number of transactions actually processed: (\d+)", out)
+        failed = re.search(r"number of failed transactions: (\d+)", out)
+        return {"engine": engine, "clients": clients, "seconds": seconds, "rc": int(found.get("rc", -1)),
+                "processed": int(processed.group(1)) if processed else 0,
+                "failed": int(failed.group(1)) if failed else 0,
+                "aborted_clients": len(re.findall(r"^pgbench: error: client \d+ (?:script \d+ )?aborted", out,
+                                                  re.MULTILINE)),
+                "max_latency_s": int(found.get("max_us", 0)) / 1e6}
+    out = docker("exec", "-e", f"LOAD_PASSWORD={password}", prefix() + "db1", "python3", "-c", MARIADB_LOOP,
+                 str(clients), str(seconds)).stdout
+    found = dict(re.findall(r"(\w+)=(\d+)", out))
+    return {"engine": engine, "clients": clients, "seconds": seconds, "rc": 0,
+            "processed": int(found.get("processed", 0)), "failed": int(found.get("failed", 0)),
+            "aborted_clients": 0, "max_latency_s": int(found.get("max_us", 0)) / 1e6}
+
+
+@lab.command("load")
+@click.option("--engine", type=click.Choice(["postgresql", "mariadb"]), default="postgresql", show_default=True,
+              help="postgresql: pgbench through pgbouncer on pg1; mariadb: an insert loop on db1.")
+@click.option("--clients", type=click.IntRange(1, 200), default=16, show_default=True)
+@click.option("--seconds", type=click.IntRange(1, 600), default=30, show_default=True)
+@click.option("--connect-each", is_flag=True, help="postgresql: a new connection per transaction (pgbench -C).")
+def lab_load(engine: str, clients: int, seconds: int, connect_each: bool) -> None:
+    """Bounded database load as the app's role (for tests and benchmarks); prints what it saw as JSON."""
+    click.echo(json.dumps(load(engine, clients, seconds, connect_each), indent=2))
+
+
 @lab.command("deploy")
 @click.option("--release", required=True, help="Release id, e.g. v2.")
 @click.option("--broken", is_flag=True, help="Deploy a release whose health check fails.")
