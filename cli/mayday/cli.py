@@ -13,7 +13,7 @@ from rich.console import Console
 
 from mayday import inventory as inv
 from mayday import lab as lab_mod
-from mayday import locks, rules
+from mayday import locks
 from mayday.errors import BadInput, MaydayError
 from mayday.history import in_progress, load_runs
 from mayday.runner import Progress, RunResult, run_playbook
@@ -117,7 +117,7 @@ def scenario_command(scenario: Scenario) -> click.Command:
 
     def run(inventory_name: str | None, limit: str | None, check: bool, yes: bool, as_json: bool,
             **given: Any) -> None:
-        params, problems = rules.check_params(scenario.params, {**given, **scenario.fixed})
+        params, problems = scenario.check(given)
         if problems:
             raise BadInput("; ".join(problems))
         extravars = {k: v for k, v in {**params, **scenario.fixed}.items() if v is not None}
@@ -147,9 +147,28 @@ GROUP_HELP = {"db": "Database emergencies: pgbouncer reset, long queries, read-o
               "lease": "Leases: temporary emergency changes that the hosts revert at expiry (`mayday status` lists "
                        "them)."}
 _groups: dict[str, click.Group] = {}
+
+
+def default_group(scenario: Scenario) -> click.Group:
+    """A group that is also a scenario: `mayday lockdown --isolate` runs it, `mayday lockdown lift` its subcommand."""
+    command = scenario_command(scenario)
+
+    @click.pass_context
+    def run_unless_subcommand(ctx: click.Context, **kwargs: Any) -> None:
+        if ctx.invoked_subcommand is None:
+            ctx.invoke(command.callback, **kwargs)  # type: ignore[arg-type]
+
+    return click.Group(scenario.group, help=scenario.help, params=command.params, callback=run_unless_subcommand,
+                       invoke_without_command=True)
+
+
 for _scenario in SCENARIOS.values():
     if not _scenario.group:
         cli.add_command(scenario_command(_scenario))
+        continue
+    if _scenario.group == _scenario.name:
+        _groups[_scenario.group] = default_group(_scenario)
+        cli.add_command(_groups[_scenario.group])
         continue
     if _scenario.group not in _groups:
         _groups[_scenario.group] = click.Group(_scenario.group, help=GROUP_HELP.get(_scenario.group))
@@ -245,6 +264,30 @@ def status(inventory_name: str | None, local: bool, as_json: bool) -> None:
             click.echo(f"  {host}: {lease.get('id')}  {lease.get('what')}  incident {lease.get('incident') or '-'}  "
                        f"expires {lease.get('expires')} (in {lease.get('remaining_s')} s)"
                        + ("" if lease.get("armed") else "  NOT ARMED: the timer is gone"))
+
+
+@_groups["lockdown"].command("status")
+@click.option("-i", "--inventory", "inventory_name", default=None, help="Inventory (default: the lab).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def lockdown_status(inventory_name: str | None, as_json: bool) -> None:
+    """The lockdown each host is under: incident, steps, confirmed or until when (read-only)."""
+    result = run_playbook("status.yml", inv.resolve(inventory_name), {})
+    found = {r["host"]: r["lockdown"] for r in result.results if "lockdown" in r and "leases" not in r}
+    leases = {r["host"]: r["leases"] for r in result.results if r.get("leases")}
+    if as_json:
+        click.echo(json.dumps({"lockdown": found, "leases": leases}, indent=2))
+    else:
+        active = {h: r for h, r in sorted(found.items()) if r and not r.get("expired")}
+        click.echo(f"lockdown: active on {len(active)} of {len(found)} hosts" if active else "lockdown: none")
+        for host, record in active.items():
+            until = "confirmed (until lift)" if record.get("confirmed") else ", ".join(
+                f"{lease.get('what')} until {lease.get('expires')}" for lease in leases.get(host, [])
+                if lease.get("incident") == record.get("incident")) or "no lease left"
+            click.echo(f"  {host}: incident {record.get('incident')} since {record.get('started')}: "
+                       f"{', '.join(record.get('steps') or [])}; {until}")
+    for failure in result.failures:
+        err.print(f"[red]- {failure}[/]")
+    sys.exit(0 if result.rc == 0 else 1)
 
 
 cli.add_command(lab_mod.lab)

@@ -180,6 +180,29 @@ def lease_id(value: Any) -> str:
     return text
 
 
+REASON_MAX = 500
+
+
+def reason_text(value: Any) -> str:
+    """Why a safety step is skipped, for the report: one line of plain text."""
+    text = " ".join(str(value or "").split())
+    if not text:
+        raise BadValue("no reason given; valid: a sentence saying why, e.g. --reason 'disk full, evidence by hand'")
+    if len(text) > REASON_MAX or not text.isprintable():
+        raise BadValue(f"reason is over {REASON_MAX} characters or not plain text; valid: one short sentence")
+    return text
+
+
+LOCKDOWN_OPS = ("start", "confirm", "lift")
+
+
+def lockdown_op(value: Any) -> str:
+    text = str(value or "start").strip().lower()
+    if text not in LOCKDOWN_OPS:
+        raise BadValue(f"op {value!r} is not a lockdown operation; valid: {', '.join(LOCKDOWN_OPS)}")
+    return text
+
+
 LEASE_OPS = ("extend", "release")
 
 

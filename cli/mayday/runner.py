@@ -18,7 +18,7 @@ from mayday.outcomes import EXIT_CODES
 from mayday.paths import project_root, state_dir
 
 # Tasks whose per-host results the CLI shows itself (backups taken, host locks).
-COLLECTED_ACTIONS = {"mayday_db", "mayday_host_lock", "mayday_lease"}
+COLLECTED_ACTIONS = {"mayday_db", "mayday_host_lock", "mayday_lease", "mayday_lockdown"}
 
 
 @dataclass

@@ -7,7 +7,9 @@ name the phases. Adding a scenario: write playbooks/<name>.yml on the skeleton, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from mayday import rules
 from mayday.rules import Param
@@ -33,6 +35,15 @@ class Scenario:
     group: str = ""
     # The CLI command's name when it differs (`mayday lease extend` runs scenario lease-extend).
     command: str = ""
+    # Checks across inputs (at least one lockdown step): problems, in the rules' words.
+    cross_check: Callable[[dict[str, Any]], list[str]] | None = None
+
+    def check(self, given: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """The inputs checked by their rules, then across each other (the CLI and the playbook both)."""
+        params, problems = rules.check_params(self.params, {**given, **self.fixed})
+        if not problems and self.cross_check:
+            problems = self.cross_check(params)
+        return params, problems
 
 
 RELEASE = Param("release", "Roll back to this release id (default: the newest good one deployed before the live one).",
@@ -86,6 +97,37 @@ LEASE_ID = Param("id", "The lease id (`mayday status` lists them).", rules.lease
 LEASE_EXTEND_FOR = Param("for", "The lease now expires this long from now (30m, 2h; within the inventory's bounds).",
                          rules.lease_duration, required=True)
 LEASE_PHASES = ("Open", "Pre-flight", "Lease", "Report")
+LOCKDOWN_STEPS = ("isolate", "rate_limit", "db_restrict")
+ISOLATE = Param("isolate", "Network isolation (nftables, IPv4 and IPv6): only the management allowlist and this "
+                "controller reach the hosts; undone at the lease's end unless confirmed.", rules.flag, default=False,
+                is_flag=True)
+INTERNAL_ONLY = Param("internal_only", "With --isolate: the inventory's internal networks may reach the hosts too.",
+                      rules.flag, default=False, is_flag=True)
+RATE_LIMIT = Param("rate_limit", "An nginx rate limit on the web hosts (429 over the inventory's rate), proven by a "
+                   "burst.", rules.flag, default=False, is_flag=True)
+DB_RESTRICT = Param("db_restrict", "Databases read-only, proven by a write that fails.", rules.flag, default=False,
+                    is_flag=True)
+LOCKDOWN_FOR = Param("for", "How long the lockdown holds before the hosts undo it, unless `lockdown confirm` "
+                     "(30m, 2h; within the inventory's bounds).", rules.lease_duration, default="30m")
+SKIP_EVIDENCE = Param("skip_evidence", "Contain without capturing evidence first (needs --reason).", rules.flag,
+                      default=False, is_flag=True)
+SKIP_REASON = Param("reason", "Why evidence is skipped; written in the report.", rules.reason_text, required=True,
+                    applies=lambda p: bool(p.get("skip_evidence")))
+LOCKDOWN_OP = Param("op", "start, confirm or lift.", rules.lockdown_op, default="start",
+                    choices=lambda: list(rules.LOCKDOWN_OPS))
+LOCKDOWN_PHASES = ("Open", "Pre-flight", "Evidence", "Contain", "Verify", "Report")
+
+
+def lockdown_steps_chosen(params: dict[str, Any]) -> list[str]:
+    problems = []
+    if not any(params.get(step) for step in LOCKDOWN_STEPS):
+        problems.append("no containment step chosen; valid: one or more of "
+                        + ", ".join("--" + step.replace("_", "-") for step in LOCKDOWN_STEPS))
+    if params.get("internal_only") and not params.get("isolate"):
+        problems.append("--internal-only only widens --isolate; valid: --isolate --internal-only")
+    return problems
+
+
 DB_PHASES = ("Open", "Pre-flight", "Switch", "Verify", "Report")
 
 ROLLBACK_PHASES = ("Open", "Pre-flight", "Rollback", "Verify", "Notify", "Report")
@@ -119,6 +161,20 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("lease-release", "lease.yml", "Release a lease now: the host reverts its change and forgets the lease.",
              "Lease {id} released", 3, LEASE_PHASES, [LEASE_OP, LEASE_ID], success="DONE", fixed={"op": "release"},
              group="lease", command="release"),
+    Scenario("lockdown", "security-lockdown.yml",
+             "Security lockdown: evidence first, then the chosen containment steps under a lease, each proven. "
+             "`lockdown confirm` keeps it until `lockdown lift`.",
+             "Security lockdown", 1, LOCKDOWN_PHASES,
+             [LOCKDOWN_OP, ISOLATE, INTERNAL_ONLY, RATE_LIMIT, DB_RESTRICT, LOCKDOWN_FOR, SKIP_EVIDENCE, SKIP_REASON],
+             success="DONE", fixed={"op": "start"}, group="lockdown", cross_check=lockdown_steps_chosen),
+    Scenario("lockdown-confirm", "security-lockdown.yml",
+             "Keep the active lockdown until `lockdown lift`: its leases end without undoing it, the isolation "
+             "survives a restart.", "Security lockdown confirmed", 1, ("Open", "Pre-flight", "Confirm", "Report"),
+             [LOCKDOWN_OP], success="DONE", fixed={"op": "confirm"}, group="lockdown", command="confirm"),
+    Scenario("lockdown-lift", "security-lockdown.yml",
+             "Undo the active lockdown on every host and prove each host is back to its state before it.",
+             "Security lockdown lifted", 1, ("Open", "Pre-flight", "Lift", "Verify", "Report"), [LOCKDOWN_OP],
+             success="DONE", fixed={"op": "lift"}, group="lockdown", command="lift"),
     Scenario("kill-long", "db-kill-long-queries.yml",
              "Cancel, then terminate, client queries running too long (never replication, workers, mayday, "
              "allowlisted roles).",

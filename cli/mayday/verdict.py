@@ -120,6 +120,26 @@ def lease_preflight(probes: dict[str, Any], lease_id: str) -> Preflight:
     return Preflight(detail={"lease_hosts": holders})
 
 
+def lockdown_preflight(probes: dict[str, Any], op: str) -> Preflight:
+    """lockdown: one at a time (start refused while a host holds one); confirm and lift need one."""
+    unreachable, broken = _silent(probes)
+    if unreachable or broken:
+        return Preflight(([f"unreachable: {', '.join(unreachable)}"] if unreachable else []) + broken)
+    records = {h: (p or {}).get("lockdown") for h, p in probes.items()}
+    active = {h: r for h, r in sorted(records.items()) if r and not r.get("expired")}
+    detail = {"lockdown_hosts": sorted(active)}
+    if op == "start" and active:
+        return Preflight([f"a lockdown is already active on {', '.join(active)} (incident "
+                          f"{', '.join(sorted({str(r.get('incident')) for r in active.values()}))}); "
+                          "valid next steps: `mayday lockdown lift` or `mayday lockdown confirm`"], detail=detail)
+    if op in ("confirm", "lift") and not active:
+        return Preflight([f"no lockdown is active on {', '.join(sorted(probes)) or 'any host'}; nothing to {op} "
+                          "(`mayday lockdown status` shows it)"], detail=detail)
+    if op == "confirm" and all(r.get("confirmed") for r in active.values()):
+        return Preflight(noop=True, reason=f"the lockdown on {', '.join(active)} is already confirmed", detail=detail)
+    return Preflight(detail=detail)
+
+
 def level1_preflight(probes: dict[str, Any], web_hosts: list[str], release: str | None) -> Preflight:
     """Level 1: every host inspected; decide refusals, NOOP, targets and each web host's fallback."""
     if not web_hosts:

@@ -60,7 +60,7 @@ class ActionModule(ActionBase):
         return given
 
     def _open(self, scenario, args, task_vars) -> dict[str, Any]:
-        params, problems = rules.check_params(scenario.params, self._given(scenario, task_vars))
+        params, problems = scenario.check(self._given(scenario, task_vars))
         try:
             title = scenario.title.format(**params)
         except (KeyError, IndexError):
@@ -138,6 +138,9 @@ class ActionModule(ActionBase):
             probes = self._host_values(task_vars, args.get("probe_var") or "", hosts)
             web = [h for h in hosts if h in set((task_vars.get("groups") or {}).get("web") or [])]
             found = verdict.level1_preflight(probes, web, (opened.get("params") or {}).get("release"))
+        elif args.get("judge") == "lockdown" and found.go:
+            probes = self._host_values(task_vars, args.get("probe_var") or "", hosts)
+            found = verdict.lockdown_preflight(probes, str((opened.get("params") or {}).get("op") or "start"))
         elif args.get("judge") == "lease" and found.go:
             probes = self._host_values(task_vars, args.get("probe_var") or "", hosts)
             found = verdict.lease_preflight(probes, str((opened.get("params") or {}).get("id") or ""))

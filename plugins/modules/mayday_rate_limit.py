@@ -1,0 +1,231 @@
+#!/usr/bin/python
+# API rate limit under a lease: an nginx limit_req rule of mayday's own, checked with nginx -t before
+# the reload, proven by a burst that gets 429s; the host removes it at the lease's expiry.
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: mayday_rate_limit
+short_description: Put an nginx rate limit in front of the app under a lease, or take it away, and prove it
+description:
+  - I(state=on) writes C(/etc/nginx/conf.d/mayday-rate-limit.conf) (http level, so every site of the
+    host: a C(limit_req_zone) keyed by client address and a C(limit_req) with status 429), checks the
+    whole configuration with C(nginx -t) (a failing check removes the file and changes nothing else),
+    grants a lease (key C(rate-limit:nginx)) whose revert removes the file and reloads nginx, then
+    reloads nginx gracefully and proves the limit with a burst of requests that must get 429s.
+  - Turning it on again keeps the lease and moves its expiry.
+  - I(state=off) releases the lease (its revert runs now) and proves a burst gets no 429.
+  - Check mode only reads and says what would change.
+options:
+  state: {type: str, choices: ["on", "off"], default: "on", description: On (limited) or off.}
+  rate: {type: int, default: 10, description: Requests per second per client address.}
+  burst: {type: int, default: 20, description: Requests over the rate a client may send at once before 429s.}
+  duration: {type: str, default: 30m, description: "on - the lease, e.g. 30m, 2h."}
+  lease_min: {type: str, default: 1m, description: Shortest lease (inventory mayday_lease_min).}
+  lease_max: {type: str, default: 4h, description: Longest lease (inventory mayday_lease_max).}
+  incident: {type: str, default: "", description: The incident, on the lease.}
+  probe_url: {type: str, default: "http://127.0.0.1/health-check", description: What the proving burst requests.}
+  probe_count: {type: int, default: 60, description: Requests in the proving burst.}
+  host_label: {type: str, description: "Name of the host in the summary (inventory_hostname)."}
+author: mayday
+"""
+
+EXAMPLES = r"""
+- name: Rate limit | 10 requests per second per client for 30 minutes
+  mayday_rate_limit:
+    state: "on"
+    rate: 10
+    duration: 30m
+"""
+
+RETURN = r"""
+report: {description: "before, after (limited, lease), probe (sent, limited, other), lease.", type: dict,
+         returned: always}
+summary: {description: One line naming the host., type: str, returned: always}
+"""
+
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.mayday_lease import LeaseError, Leases, check_bounds, install, parse_duration
+
+CONF = "/etc/nginx/conf.d/mayday-rate-limit.conf"
+KEY = "rate-limit:nginx"
+RELOAD = ["systemctl", "reload", "nginx"]
+TIMEOUT_S = 30
+WORKERS_WAIT_S = 15
+
+
+class RateLimitError(Exception):
+    pass
+
+
+def config(rate, burst):
+    return ("# mayday rate limit (a lease removes it at expiry; `mayday lockdown lift` now)\n"
+            f"limit_req_zone $binary_remote_addr zone=mayday_rate_limit:10m rate={rate}r/s;\n"
+            f"limit_req zone=mayday_rate_limit burst={burst} nodelay;\n"
+            "limit_req_status 429;\n")
+
+
+def run(argv):
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
+        raise RateLimitError(f"{' '.join(argv)} did not finish within {TIMEOUT_S} s") from None
+    if out.returncode != 0:
+        raise RateLimitError(f"{' '.join(argv)} failed: {(out.stderr or out.stdout).strip()[-400:]}")
+    return out.stdout
+
+
+def workers():
+    """nginx's worker processes: a reload starts new ones with the new configuration; the old ones
+    serve with the old until they finish, so the proof waits for them to be gone."""
+    try:
+        with open("/run/nginx.pid") as handle:
+            master = handle.read().strip()
+    except OSError:
+        return set()
+    found = set()
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if pid.isdigit() and fields[1] == master:
+            found.add(pid)
+    return found
+
+
+def reload_and_wait():
+    old = workers()
+    run(RELOAD)
+    deadline = time.monotonic() + WORKERS_WAIT_S
+    while workers() & old:
+        if time.monotonic() > deadline:
+            raise RateLimitError(f"nginx's old workers still serve {WORKERS_WAIT_S} s after the reload")
+        time.sleep(0.1)
+
+
+def burst(url, count):
+    """Requests as fast as one client sends them; counts the 429s."""
+    seen = {"sent": count, "limited": 0, "ok": 0, "other": 0}
+    for _ in range(count):
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                code = answer.status
+        except urllib.error.HTTPError as exc:
+            code = exc.code
+        except (urllib.error.URLError, OSError):
+            code = 0
+        key = "limited" if code == 429 else "ok" if 200 <= code < 300 else "other"
+        seen[key] += 1
+    return seen
+
+
+def state_now(leases):
+    lease = leases.by_key(KEY)
+    return {"limited": os.path.exists(CONF),
+            "lease": {k: lease[k] for k in ("id", "expires", "incident")} if lease else None}
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "state": {"type": "str", "choices": ["on", "off"], "default": "on"},
+            "rate": {"type": "int", "default": 10},
+            "burst": {"type": "int", "default": 20},
+            "duration": {"type": "str", "default": "30m"},
+            "lease_min": {"type": "str", "default": "1m"},
+            "lease_max": {"type": "str", "default": "4h"},
+            "incident": {"type": "str", "default": ""},
+            "probe_url": {"type": "str", "default": "http://127.0.0.1/health-check"},
+            "probe_count": {"type": "int", "default": 60},
+            "host_label": {"type": "str"},
+        },
+        supports_check_mode=True,
+    )
+    p = module.params
+    host = p["host_label"] or socket.gethostname()
+    leases = Leases()
+    before = state_now(leases)
+    report = {"before": before, "state": p["state"]}
+    try:
+        if not 1 <= p["rate"] <= 100000 or not 0 <= p["burst"] <= 100000:
+            raise RateLimitError(f"rate {p['rate']} / burst {p['burst']} out of range; valid: rate 1..100000, "
+                                 "burst 0..100000")
+        seconds = check_bounds(parse_duration(p["duration"]), parse_duration(p["lease_min"]),
+                               parse_duration(p["lease_max"])) if p["state"] == "on" else 0
+        if module.check_mode:
+            would = ("write the limit, nginx -t, lease, reload" if p["state"] == "on" and not before["limited"]
+                     else "move the lease" if p["state"] == "on" else
+                     "release the lease (removes the limit)" if before["lease"] or before["limited"] else "nothing")
+            report["would"] = would
+            module.exit_json(changed=would != "nothing", report=report, msg=f"{host}: would {would}",
+                             summary=f"{host}: would {would}")
+        if p["state"] == "on":
+            wanted = config(p["rate"], p["burst"])
+            previous = None
+            if os.path.exists(CONF):
+                with open(CONF) as handle:
+                    previous = handle.read()
+            if previous != wanted:
+                with open(CONF, "w") as handle:
+                    handle.write(wanted)
+                os.chmod(CONF, 0o644)
+                try:
+                    run(["nginx", "-t", "-q"])
+                except RateLimitError:
+                    if previous is None:
+                        os.remove(CONF)
+                    else:
+                        with open(CONF, "w") as handle:
+                            handle.write(previous)
+                    raise
+            install()
+            # The lease before the reload: whatever happens next, the host removes the limit at expiry.
+            lease, _ = leases.grant(KEY, p["incident"], f"nginx rate limit {p['rate']} r/s burst {p['burst']}",
+                                    [["rm", "-f", CONF], RELOAD], seconds, kind="rate-limit")
+            report["lease"] = {k: lease[k] for k in ("id", "expires", "incident")}
+            try:
+                reload_and_wait()
+                probe = burst(p["probe_url"], p["probe_count"])
+                report["probe"] = probe
+                if not probe["limited"]:
+                    raise RateLimitError(f"the limit is in but a burst of {probe['sent']} got no 429 ({probe})")
+            except RateLimitError:
+                leases.release(lease["id"], revert=True)  # not proven: nothing half-on stays behind
+                raise
+            msg = (f"rate limit {p['rate']} r/s burst {p['burst']} on, lease {lease['id']} until {lease['expires']}; "
+                   f"a burst of {probe['sent']} got {probe['limited']} 429s")
+        else:
+            old = workers()
+            if before["lease"]:
+                leases.release(before["lease"]["id"], revert=True)  # its revert removes the file, reloads
+            if os.path.exists(CONF):  # a limit whose lease is gone: removed all the same
+                os.remove(CONF)
+                run(RELOAD)
+            deadline = time.monotonic() + WORKERS_WAIT_S
+            while before["limited"] and workers() & old and time.monotonic() < deadline:
+                time.sleep(0.1)
+            probe = burst(p["probe_url"], p["probe_count"])
+            report["probe"] = probe
+            if probe["limited"]:
+                raise RateLimitError(f"the limit was removed but a burst still got {probe['limited']} 429s")
+            msg = "rate limit off" + (f", lease {before['lease']['id']} released" if before["lease"] else "")
+        report["after"] = state_now(leases)
+        module.exit_json(changed=p["state"] == "on" or before["limited"] or bool(before["lease"]), report=report,
+                         msg=f"{host}: {msg}", summary=f"{host}: {msg}")
+    except (RateLimitError, LeaseError) as exc:
+        report["after"] = state_now(leases)
+        changed = report["after"] != before
+        module.fail_json(msg=f"{host}: {exc}", changed=changed, refused=not changed, report=report,
+                         summary=f"{host}: {exc}")
+
+
+if __name__ == "__main__":
+    main()
