@@ -3,10 +3,12 @@
 // and PostgreSQL through pgbouncer as the app's own role when the app's config names one (checked
 // by writing and reading this host's heartbeat row). "checks" says which part failed.
 require __DIR__ . '/../lib/db.php';
+require __DIR__ . '/../lib/cache.php';
 
 header('Content-Type: application/json');
 header('Cache-Control: no-store');
 $release = basename(dirname(__DIR__));
+app_lab_slowness(dirname(__DIR__));
 $checks = ['api' => 'failed', 'mariadb' => 'failed', 'postgresql' => 'failed'];
 try {
     // The API configuration is shared by all releases: a broken one breaks every release.
@@ -43,4 +45,6 @@ echo json_encode([
     'version' => $release,
     'checks' => $checks,
     'failed' => $failed,
+    // A cache: Redis down makes the app slower, not unhealthy.
+    'cache' => ['redis' => app_redis_state()],
 ]), "\n";
