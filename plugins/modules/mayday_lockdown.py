@@ -20,6 +20,8 @@ options:
   incident: {type: str, default: "", description: "begin - the incident."}
   steps: {type: list, elements: str, default: [], description: "begin - the steps planned on this host."}
   duration: {type: str, default: "", description: "begin - the lease length of the lockdown."}
+  lease_min: {type: str, default: 1m, description: "begin - shortest lease allowed (refused before writing)."}
+  lease_max: {type: str, default: 4h, description: "begin - longest lease allowed (refused before writing)."}
   step: {type: str, default: "", description: "done - the step."}
   result: {type: dict, default: {}, description: "done - the step's lease and report."}
 author: mayday
@@ -46,7 +48,7 @@ import tempfile
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.mayday_lease import LeaseError, parse_duration
+from ansible.module_utils.mayday_lease import LeaseError, check_bounds, parse_duration
 
 ROOT = "/var/lib/mayday"
 RECORD = os.path.join(ROOT, "lockdown.json")
@@ -89,6 +91,8 @@ def main():
             "incident": {"type": "str", "default": ""},
             "steps": {"type": "list", "elements": "str", "default": []},
             "duration": {"type": "str", "default": ""},
+            "lease_min": {"type": "str", "default": "1m"},
+            "lease_max": {"type": "str", "default": "4h"},
             "step": {"type": "str", "default": ""},
             "result": {"type": "dict", "default": {}},
         },
@@ -96,6 +100,11 @@ def main():
     )
     p = module.params
     record = read()
+    if p["op"] == "begin":
+        try:  # a lease the steps would refuse: refused here, before the record is written (also dry)
+            check_bounds(parse_duration(p["duration"]), parse_duration(p["lease_min"]), parse_duration(p["lease_max"]))
+        except LeaseError as exc:
+            module.fail_json(msg=str(exc), refused=True, lockdown=record)
     if p["op"] == "read" or module.check_mode:
         module.exit_json(changed=p["op"] != "read" and (record is not None or p["op"] == "begin"), lockdown=record)
     if p["op"] == "begin":

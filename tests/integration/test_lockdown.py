@@ -1,0 +1,144 @@
+"""Security lockdown on the lab: the rate limit (web1, web2) and the database restriction (db1, pg1)
+under the lockdown's leases, one lockdown at a time, confirm, lift, and the hosts undoing it alone.
+
+Every assertion is on host state: nginx answering 429 to a burst, its configuration (`nginx -T`),
+the databases' read-only settings and a write as the app's role, the lease records and the lockdown
+record on the hosts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Generator
+
+import pytest
+from lab_helpers import Mayday
+from test_db_emergencies import (
+    DB1,
+    LEASES,
+    PG1,
+    back_to_normal,
+    leases,
+    my_read_only,
+    my_write_as_app,
+    pg_read_only,
+    pg_write_as_app,
+    playbook,
+    sh,
+    wait_for,
+)
+
+WEB = ("web1", "web2")
+ALL = (*WEB, DB1, PG1)
+RECORD = "/var/lib/mayday/lockdown.json"
+LIMIT_CONF = "/etc/nginx/conf.d/mayday-rate-limit.conf"
+
+
+def burst_codes(host: str, count: int = 40) -> list[str]:
+    return sh(host, f"for i in $(seq {count}); do curl -s -o /dev/null -w '%{{http_code}} ' "
+                    "http://127.0.0.1/health-check; done").split()
+
+
+def nginx_config(host: str) -> str:
+    return hashlib.sha256(sh(host, "nginx -T 2>/dev/null").encode()).hexdigest()
+
+
+def record_mode(host: str) -> str:
+    return sh(host, f"stat -c %a {RECORD} 2>/dev/null || echo none").strip()
+
+
+def state() -> dict[str, object]:
+    """What a refused or dry run must leave as it was."""
+    return {
+        "nginx": {h: nginx_config(h) for h in WEB},
+        "records": {h: sh(h, f"cat {RECORD} 2>/dev/null || echo none") for h in ALL},
+        "leases": {h: sorted(leases(h)["records"]) for h in ALL},
+        "read_only": (my_read_only(), pg_read_only()),
+    }
+
+
+def no_lockdown() -> None:
+    for host in WEB:
+        sh(host, f"rm -f {LIMIT_CONF} {RECORD}; systemctl reload nginx", check=False)
+        sh(host, f"""for u in $(systemctl list-units 'mayday-lease-*' --all --plain --no-legend | awk '{{print $1}}')
+            do systemctl stop "$u"; done; rm -f {LEASES}/*.json /var/lib/mayday/run.lock -r""", check=False)
+    for host in (DB1, PG1):
+        sh(host, f"rm -f {RECORD}", check=False)
+    back_to_normal()
+
+
+@pytest.fixture
+def calm(lab: dict[str, str], mayday: Mayday) -> Generator[Mayday, None, None]:
+    """The lab's web hosts on a release (the `lab` fixture), no lockdown, databases read-write."""
+    no_lockdown()
+    yield mayday
+    no_lockdown()
+
+
+def test_lockdown_rate_limit_and_db_restrict_then_one_at_a_time_confirm_and_lift(calm: Mayday) -> None:
+    before = state()
+    assert "429" not in burst_codes("web1")
+
+    for bad in (["lockdown"], ["lockdown", "--rate-limit", "--skip-evidence"],
+                ["lockdown", "--rate-limit", "--for", "soon"], ["lockdown", "--internal-only", "--rate-limit"]):
+        out = calm.run(*bad)
+        assert out.returncode == 2, (bad, out.stdout + out.stderr)
+    out = calm.run("lockdown", "--rate-limit", "--for", "9h")  # over the inventory's 4h: refused on the hosts
+    assert out.returncode == 2, out.stdout + out.stderr
+    dry = calm.run("lockdown", "--rate-limit", "--db-restrict", "--check")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert state() == before, "bad input or a dry run changed a host"
+
+    started = time.time()
+    out = calm.run("lockdown", "--rate-limit", "--db-restrict", "--for", "20m")
+    assert out.returncode == 0, out.stdout + out.stderr
+    incident = calm.last_report()["incident"]
+    for host in WEB:
+        codes = burst_codes(host)
+        assert "429" in codes and codes[0] != "429", f"{host}: no rate limit seen: {codes}"
+    assert my_read_only() == "1" and pg_read_only().endswith("=on")
+    assert not my_write_as_app("lock-my") and not pg_write_as_app("lock-pg")
+    for host in ALL:
+        assert record_mode(host) == "600"
+        found = [r["doc"] for r in leases(host)["records"].values()]
+        assert len(found) == 1 and found[0]["incident"] == incident, f"{host}: {found}"
+        assert abs(found[0]["expires_epoch"] - (started + 1200)) < 90
+
+    during = state()
+    again = calm.run("lockdown", "--rate-limit")
+    assert again.returncode == 2, again.stdout + again.stderr
+    assert incident in " ".join(calm.last_report()["refusals"])
+    dry_lift = calm.run("lockdown", "lift", "--check")
+    assert dry_lift.returncode == 0, dry_lift.stdout + dry_lift.stderr
+    assert state() == during, "a refused second lockdown or a dry lift changed a host"
+
+    out = calm.run("lockdown", "confirm")
+    assert out.returncode == 0, out.stdout + out.stderr
+    for host in ALL:
+        assert leases(host) == {"records": {}, "timers": []}, f"{host}: confirm left a lease that would undo it"
+    assert "429" in burst_codes("web2") and my_read_only() == "1", "confirm undid the lockdown"
+
+    out = calm.run("lockdown", "lift")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert {h: nginx_config(h) for h in WEB} == before["nginx"], "lift did not restore nginx's configuration"
+    assert "429" not in burst_codes("web1")
+    assert my_read_only() == "0" and pg_read_only() == ""
+    assert my_write_as_app("lock-my-after") and pg_write_as_app("lock-pg-after")
+    assert all(record_mode(h) == "none" for h in ALL)
+    again = calm.run("lockdown", "lift")
+    assert again.returncode == 2, "a lift with no lockdown active should be refused"
+
+
+def test_unconfirmed_lockdown_is_undone_by_the_hosts_and_no_longer_counts(calm: Mayday) -> None:
+    before = {h: nginx_config(h) for h in WEB}
+    out = playbook(calm, "security-lockdown.yml", "--limit", "web1", "-e", "rate_limit=true", "-e", "for=20s",
+                   "-e", "mayday_lease_min=1s")
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert "429" in burst_codes("web1")
+    wait_for("web1 removes the limit at the lease's end", lambda: nginx_config("web1") == before["web1"], 45)
+    assert "429" not in burst_codes("web1")
+    status = calm.run("lockdown", "status", "--json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    out = calm.run("lockdown", "--rate-limit", "--limit", "web1", "--for", "1m")
+    assert out.returncode == 0, "an expired lockdown should not block a new one: " + out.stdout + out.stderr
