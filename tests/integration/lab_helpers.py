@@ -88,11 +88,9 @@ def ensure_running() -> None:
 
 
 def lab_inventory_args() -> list[str]:
-    """ansible-playbook arguments pointing inventories/lab (the default lab's container names) at the
-    lab under test, as `mayday lab` does when MAYDAY_LAB_NAME names another lab."""
-    if LAB_NAME == "mayday-lab":
-        return []
-    return ["-e", json.dumps({"ansible_host": PREFIX + "{{ inventory_hostname }}"})]
+    """Nothing: inventories/lab reads MAYDAY_LAB_NAME itself. (An ansible_host extra var would also
+    override delegate_to, sending the skeleton's delegated unlock to the wrong container.)"""
+    return []
 
 
 def run_setup_playbook() -> None:
