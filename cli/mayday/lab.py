@@ -11,6 +11,7 @@ The lab is also reachable the way real hosts are: over SSH as the non-root user 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -33,6 +34,7 @@ HOST_KEY = "/etc/ssh/ssh_host_ed25519_key.pub"
 # Run flags that let systemd be PID 1 without --privileged (which fails on these machines).
 SYSTEMD_FLAGS = [
     "--cap-add", "SYS_ADMIN", "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
+    "--cap-add", "NET_ADMIN",  # nft inside the container (roles/network_isolate)
     "--tmpfs", "/run", "--tmpfs", "/run/lock", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:ro",
 ]
 
@@ -90,15 +92,37 @@ def wait_booted(names: list[str], timeout: float = 90) -> None:
     if pending:
         raise MaydayError(f"lab containers did not finish booting: {', '.join(pending)}")
 
+def ipv6_flags(network: str) -> list[str]:
+    """IPv6 on the lab network too (network isolation must hold on both families): a ULA /64 derived
+    from the lab's name, so labs side by side never overlap. A network made before this keeps running
+    IPv4-only until `mayday lab down` and `up` recreate it."""
+    digest = hashlib.sha256(network.encode()).hexdigest()
+    subnet = f"fd{digest[:2]}:{digest[2:6]}:{digest[6:10]}::"
+    return ["--ipv6", "--subnet", subnet + "/64", "--gateway", subnet + "1"]
+
+
+def has_net_admin(container: str) -> bool:
+    """Containers started before isolation existed lack NET_ADMIN (nft): `up` recreates them."""
+    caps = docker("inspect", "-f", "{{json .HostConfig.CapAdd}}", container, check=False).stdout
+    return "NET_ADMIN" in caps
+
+
 def up(web_count: int = 2) -> list[str]:
     ensure_engine_and_image()
     network = lab_name()
-    if docker("network", "inspect", network, check=False).returncode != 0:
-        docker("network", "create", network)
+    found = docker("network", "inspect", network, check=False)
+    if found.returncode == 0 and not json.loads(found.stdout)[0].get("EnableIPv6"):
+        # A network of an older lab: IPv4 only. Recreated once no container uses it.
+        for name in containers():
+            docker("rm", "-f", name)
+        docker("network", "rm", network)
+        found = docker("network", "inspect", network, check=False)
+    if found.returncode != 0:
+        docker("network", "create", *ipv6_flags(network), network)
     started = []
     for name, role in lab_hosts(web_count).items():
         current = state(name)
-        if current == "running":
+        if current == "running" and has_net_admin(prefix() + name):
             continue
         if current != "absent":
             docker("rm", "-f", prefix() + name)
