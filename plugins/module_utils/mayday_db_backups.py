@@ -252,7 +252,7 @@ def backup(params, kind="backup", changes=None, source=None):
     backup_dir = params["backup_dir"]
     ensure_dir(backup_dir, changes)
     room_for_backup(eng, source, backup_dir)
-    backup_id = f"{eng.engine}-{db}-{stamp()}" + ("-safety" if kind == "safety" else "")
+    backup_id = f"{eng.engine}-{db}-{stamp()}" + ("" if kind == "backup" else f"-{kind}")  # -safety, -emergency
     path = os.path.join(backup_dir, f"{backup_id}.{eng.ext}")
     manifest_path = os.path.join(backup_dir, f"{backup_id}.manifest.json")
     tmp, manifest_tmp = path + ".partial", manifest_path + ".partial"

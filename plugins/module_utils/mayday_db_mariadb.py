@@ -417,9 +417,11 @@ class MariaDB:
         return contextlib.nullcontext()
 
     def stop_writes(self, db, marker):
+        # Already read-only (db_read_only under a lease): resuming must leave it so, the lease ends it.
+        was = str(self.one("SELECT @@global.read_only")[0][0]) == "1"
         fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as handle:
-            json.dump({"engine": self.engine, "database": db, "since": stamp()}, handle)
+            json.dump({"engine": self.engine, "database": db, "since": stamp(), "was_read_only": was}, handle)
         # The app's user has no READ ONLY ADMIN: its writes stop. Waits for running write statements
         # and commits (bounded by lock_wait_timeout); the caller resumes writes after a timeout.
         with self.connect() as conn:
@@ -429,8 +431,14 @@ class MariaDB:
 
     def resume_writes(self, db, marker):
         if os.path.exists(marker):
-            with self.connect() as conn:
-                self.query(conn, "SET GLOBAL read_only = OFF")
+            try:
+                with open(marker) as handle:
+                    was = json.load(handle).get("was_read_only") is True
+            except (OSError, ValueError, AttributeError):
+                was = False  # unreadable: resume, as before the marker said more
+            if not was:
+                with self.connect() as conn:
+                    self.query(conn, "SET GLOBAL read_only = OFF")
             os.unlink(marker)
 
     def swap(self, db, shadow, keep_as):

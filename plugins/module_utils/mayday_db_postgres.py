@@ -218,8 +218,13 @@ META = {
         "'collate', d.datcollate, 'ctype', d.datctype, 'acl', "
         + ACL.format(acl="d.datacl", kind="'d'", owner="d.datdba")
         + ", 'settings', (SELECT coalesce(json_agg(json_build_array(CASE s.setrole WHEN 0 THEN '' "
-        "ELSE pg_get_userbyid(s.setrole) END, s.setconfig)), '[]') "
-        "FROM pg_db_role_setting s WHERE s.setdatabase = d.oid))::text "
+        "ELSE pg_get_userbyid(s.setrole) END, f.config)), '[]') "
+        # mayday's own read-only switch (db_read_only) is not the data: a restore carries it over from
+        # the live database, so a database read-only under a lease stays read-only across the swap.
+        "FROM pg_db_role_setting s CROSS JOIN LATERAL (SELECT array_agg(c ORDER BY n) AS config "
+        "FROM unnest(s.setconfig) WITH ORDINALITY u(c, n) "
+        "WHERE split_part(c, '=', 1) <> 'default_transaction_read_only') f "
+        "WHERE s.setdatabase = d.oid AND f.config IS NOT NULL))::text "
         "FROM pg_database d WHERE d.datname = current_database()"),
     "@schemas": (
         "SELECT coalesce(json_agg(json_build_array(n.nspname, pg_get_userbyid(n.nspowner), "

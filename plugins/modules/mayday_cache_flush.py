@@ -10,7 +10,7 @@ description:
   - With I(pattern), walks the keyspace with C(SCAN cursor MATCH pattern COUNT batch) and deletes
     each batch found with C(UNLINK) (freed in the background), pipelined with the next C(SCAN). Never
     C(KEYS) (blocks the server for the whole keyspace).
-  - A pattern without a literal character (C(*), C(?*)) is refused: it would match every key,
+  - A pattern without a literal character (C(*), C(?*)) is refused - it would match every key,
     sessions included. I(flush_all=true) empties the database on purpose with C(FLUSHDB ASYNC).
   - The password (I(password), from the inventory) goes only to the socket; it is never on a
     command line or in the output.

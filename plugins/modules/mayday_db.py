@@ -25,6 +25,13 @@ description:
   - A failure is C(refused) only when nothing on the host was changed.
 options:
   mode: {type: str, choices: [backup, list, prune, restore, purge_recent], default: list, description: What to do.}
+  kind:
+    type: str
+    choices: [backup, emergency]
+    default: backup
+    description: >-
+      backup: a regular backup (C(latest), retention). emergency: a copy of the current state during an incident
+      (id ending C(-emergency)), verified after it is written (sha256, readable), never C(latest), never pruned.
   tables: {type: list, elements: str, default: [], description: "purge_recent: tables holding webhook rows."}
   time_column: {type: str, default: created_at, description: "purge_recent: the column saying when a row was added."}
   minutes: {type: int, default: 60, description: "purge_recent: remove rows added in the last N minutes (1 to 10080)."}
@@ -81,7 +88,7 @@ import socket
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.mayday_db_backups import backup, inventory, list_backups, prune, restore
+from ansible.module_utils.mayday_db_backups import backup, inventory, list_backups, prune, restore, verify_backup
 from ansible.module_utils.mayday_db_common import timeouts
 from ansible.module_utils.mayday_db_engines import DbError
 from ansible.module_utils.mayday_db_webhook import check_minutes, purge_recent
@@ -101,14 +108,19 @@ def do_list(p, host, steps, changes, check_mode):
 
 def do_backup(p, host, steps, changes, check_mode):
     if check_mode:
-        return {"changed": True, "msg": "check mode: no backup taken", "report": {"dry_run": True},
-                "summary": f"{host}: dry run, no backup taken"}
-    manifest = steps.run("backup", backup, p, "backup", changes)
+        return {"changed": True, "msg": f"check mode: no {p['kind']} backup taken", "report": {"dry_run": True},
+                "summary": f"{host}: dry run, no {p['kind']} backup taken"}
+    what = "backup" if p["kind"] == "backup" else "emergency backup"
+    manifest = steps.run(what, backup, p, p["kind"], changes)
     steps.items[-1]["detail"] = manifest["id"]
+    if p["kind"] == "emergency":  # the evidence of an incident: proven readable before anyone relies on it
+        steps.run("verify the backup (sha256, readable)", verify_backup, p, manifest)
     rows = sum(t["rows"] for t in manifest["tables"].values())
-    msg = f"backup {manifest['id']} taken: {rows} rows in {len(manifest['tables'])} tables, {manifest['size']} bytes"
+    msg = (f"{what} {manifest['id']} taken{' and verified' if p['kind'] == 'emergency' else ''}: {rows} rows in "
+           f"{len(manifest['tables'])} tables, {manifest['size']} bytes")
     return {"changed": True, "msg": msg, "manifest": manifest, "summary": f"{host}: {msg}",
-            "report": {k: manifest[k] for k in ("id", "kind", "time", "file", "size", "sha256")}}
+            "report": {**{k: manifest[k] for k in ("id", "kind", "time", "file", "size", "sha256")},
+                       **({"verified": True} if p["kind"] == "emergency" else {})}}
 
 
 def do_prune(p, host, steps, changes, check_mode):
@@ -177,6 +189,7 @@ def main():
         argument_spec={
             "mode": {"type": "str", "default": "list",
                      "choices": ["backup", "list", "prune", "restore", "purge_recent"]},
+            "kind": {"type": "str", "default": "backup", "choices": ["backup", "emergency"]},
             "engine": {"type": "str", "choices": ["mariadb", "postgresql"], "required": True},
             "database": {"type": "str", "required": True},
             "backup_dir": {"type": "path", "default": "/var/backups/mayday"},

@@ -11,7 +11,7 @@ description:
     any containment step (the steps planned, the incident, the lease length), so a lockdown that
     failed half-way is still lifted whole. C(done) records a step's lease and report. C(confirm)
     marks it confirmed. C(end) removes it. C(read) only reads.
-  - C(begin) refuses when a record exists: one lockdown at a time per host. An unconfirmed record
+  - C(begin) refuses when a record exists - one lockdown at a time per host. An unconfirmed record
     whose time is up and whose leases are all gone (the host undid every step at expiry) is read
     with C(expired=true) and no longer counts.
   - Check mode only reads.

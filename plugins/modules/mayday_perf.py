@@ -11,14 +11,14 @@ description:
   - C(measure) (read-only) samples each health endpoint I(samples) times and reads php-fpm's status
     page over FastCGI on the pool socket (needs C(pm.status_path) on the pool).
   - C(recover) empties I(cache_dir) (its contents, never the directory; symlinks are removed, never
-    followed), reloads php-fpm gracefully (C(systemctl reload): workers finish their requests, the
+    followed), reloads php-fpm gracefully (C(systemctl reload) - workers finish their requests, the
     master keeps its pid and its listening socket, opcache starts empty), waits until the pool
     answers, measures again and judges against I(threshold_ms). The host fails when the slowest
     endpoint's median stays over the threshold (C(still_slow)), or when I(flush) (the Redis step's
     result) failed.
-  - C(queries) (read-only, on a database host) lists the busiest queries: MariaDB's processlist,
+  - C(queries) (read-only, on a database host) lists the busiest queries - MariaDB's processlist,
     PostgreSQL's pg_stat_statements when installed, else pg_stat_activity.
-  - Check mode: C(recover) counts what it would remove and reloads nothing.
+  - Check mode - C(recover) counts what it would remove and reloads nothing.
 options:
   mode: {type: str, choices: [measure, recover, queries], default: measure, description: What to do.}
   health: {type: list, elements: dict, default: [], description: "Health checks (mayday_health_checks)."}

@@ -8,7 +8,7 @@ module: mayday_rate_limit
 short_description: Put an nginx rate limit in front of the app under a lease, or take it away, and prove it
 description:
   - I(state=on) writes C(/etc/nginx/conf.d/mayday-rate-limit.conf) (http level, so every site of the
-    host: a C(limit_req_zone) keyed by client address and a C(limit_req) with status 429), checks the
+    host - a C(limit_req_zone) keyed by client address and a C(limit_req) with status 429), checks the
     whole configuration with C(nginx -t) (a failing check removes the file and changes nothing else),
     grants a lease (key C(rate-limit:nginx)) whose revert removes the file and reloads nginx, then
     reloads nginx gracefully and proves the limit with a burst of requests that must get 429s.
