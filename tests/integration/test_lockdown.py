@@ -9,11 +9,15 @@ record on the hosts.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import stat
+import tarfile
 import time
 from collections.abc import Generator
 
 import pytest
-from lab_helpers import Mayday
+from lab_helpers import Mayday, dexec
 from test_db_emergencies import (
     DB1,
     LEASES,
@@ -28,6 +32,9 @@ from test_db_emergencies import (
     sh,
     wait_for,
 )
+from test_network_isolate import FORCE_CLEAN, TABLE
+
+from mayday.evidence import verify
 
 WEB = ("web1", "web2")
 ALL = (*WEB, DB1, PG1)
@@ -60,6 +67,7 @@ def state() -> dict[str, object]:
 
 def no_lockdown() -> None:
     for host in WEB:
+        dexec(host, FORCE_CLEAN, check=False)
         sh(host, f"rm -f {LIMIT_CONF} {RECORD}; systemctl reload nginx", check=False)
         sh(host, f"""for u in $(systemctl list-units 'mayday-lease-*' --all --plain --no-legend | awk '{{print $1}}')
             do systemctl stop "$u"; done; rm -f {LEASES}/*.json /var/lib/mayday/run.lock -r""", check=False)
@@ -142,3 +150,30 @@ def test_unconfirmed_lockdown_is_undone_by_the_hosts_and_no_longer_counts(calm: 
     assert status.returncode == 0, status.stdout + status.stderr
     out = calm.run("lockdown", "--rate-limit", "--limit", "web1", "--for", "1m")
     assert out.returncode == 0, "an expired lockdown should not block a new one: " + out.stdout + out.stderr
+
+
+def test_evidence_first_then_isolation_and_lift_restores_the_ruleset(calm: Mayday) -> None:
+    rules_before = sh("web1", "nft -s list ruleset")
+    out = calm.run("lockdown", "--isolate", "--limit", "web1", "--for", "10m")
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = calm.last_report()
+    assert sh("web1", f"nft list table {TABLE} >/dev/null && echo live").strip() == "live"
+    evidence = calm.state_dir / "incidents" / report["incident"] / "evidence"
+    assert verify(evidence) == [], "the evidence copied to the controller does not verify"
+    archive = evidence / "web1" / "evidence.tar.gz"
+    assert stat.S_IMODE(os.stat(archive).st_mode) == 0o600
+    custody = json.loads((evidence / "web1" / "custody.json").read_text())
+    assert custody["host"] == "web1" and custody["incident"] == report["incident"] and custody["verified"]
+    with tarfile.open(archive) as packed:  # taken before the change: no isolation table in it yet
+        captured = packed.extractfile("evidence/firewall/nft-ruleset.txt")
+        assert captured is not None and b"mayday_isolate" not in captured.read()
+
+    out = calm.run("lockdown", "lift", "--limit", "web1")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert sh("web1", "nft -s list ruleset") == rules_before, "lift did not restore the ruleset byte for byte"
+
+    out = calm.run("lockdown", "--rate-limit", "--limit", "web2", "--skip-evidence", "--reason", "disk full")
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = calm.last_report()
+    assert report["results"]["web2"]["evidence_skipped_reason"] == "disk full"
+    assert not (calm.state_dir / "incidents" / report["incident"] / "evidence").exists()
