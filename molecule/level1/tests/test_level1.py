@@ -25,7 +25,8 @@ def test_v1_is_live_and_healthy(host):
     assert status == "200"
     # This scenario has no PostgreSQL host: the app does not use one.
     assert json.loads(body) == {"status": "healthy", "version": "v1", "failed": [],
-                                "checks": {"api": "ok", "mariadb": "ok", "postgresql": "not used"}}
+                                "checks": {"api": "ok", "mariadb": "ok", "postgresql": "not used"},
+                                "cache": {"redis": "ok"}}
 
 
 @pytest.mark.parametrize("unit", ["nginx", "php8.2-fpm"])
