@@ -59,7 +59,7 @@ def test_api_config_is_the_deployed_copy_and_app_healthy(web):
     answer = json.loads(web.check_output("curl -s http://127.0.0.1/health-check"))
     # No PostgreSQL host in this scenario: the app does not use one.
     assert answer == {"status": "healthy", "version": "v1", "failed": [],
-                      "checks": {"api": "ok", "mariadb": "ok", "postgresql": "not used"}}
+                      "checks": {"api": "ok", "mariadb": "ok", "postgresql": "not used"}, "cache": {"redis": "ok"}}
 
 
 def test_broken_api_config_kept_beside_it(web):
