@@ -340,22 +340,23 @@ def safety_dumps(backup_dir, engine, db):
 
 
 def apply_restore_retention(eng, params, db, keep_as, safety_id, changes):
-    """After a successful restore: older kept databases and safety dumps beyond the policy go.
-    Safety dumps only when this run's own one was written and verified (a newer verified copy)."""
+    """After a successful restore: older kept databases and safety dumps beyond the policy go, and
+    only when this run's own safety dump was written and verified: without it, nothing is removed."""
     policy, now = restore_retention(params), time.time()
     removed: dict = {"kept_databases": [], "safety_backups": []}
+    if not safety_id:
+        return removed
     kept = [(k["name"], k["epoch"]) for k in kept_databases(eng, db)]
     for name in expired(kept, policy["keep"], policy["min_age_minutes"], now, protect={keep_as}):
         changes.append(f"drop kept database {name} (retention)")
         eng.drop(name)
         removed["kept_databases"].append(name)
-    if safety_id:
-        dumps = {m["id"]: m for m in safety_dumps(params["backup_dir"], eng.engine, db)}
-        items = [(i, stamp_epoch(m["time"]) or 0) for i, m in dumps.items()]
-        for backup_id in expired(items, policy["keep"], policy["min_age_minutes"], now, protect={safety_id}):
-            changes.append(f"remove safety backup {backup_id} (retention)")
-            _remove_backup(params["backup_dir"], dumps[backup_id])
-            removed["safety_backups"].append(backup_id)
+    dumps = {m["id"]: m for m in safety_dumps(params["backup_dir"], eng.engine, db)}
+    items = [(i, stamp_epoch(m["time"]) or 0) for i, m in dumps.items()]
+    for backup_id in expired(items, policy["keep"], policy["min_age_minutes"], now, protect={safety_id}):
+        changes.append(f"remove safety backup {backup_id} (retention)")
+        _remove_backup(params["backup_dir"], dumps[backup_id])
+        removed["safety_backups"].append(backup_id)
     return removed
 
 

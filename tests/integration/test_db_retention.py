@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +38,7 @@ from lab_helpers import (
     health,
     wait_db_answers,
 )
+from mayday_db_backups import FAULT_POINT_FILE  # plugins/module_utils, on sys.path via lab_helpers
 from mayday_db_common import DbError, check_name
 
 MARIADB = LabDb("mariadb", "db1", "items", "id")
@@ -263,6 +265,42 @@ def test_three_restores_keep_the_policy_and_files_stay_private(case_factory: Any
     result = case.run("restore")
     assert result.returncode == 0, output(result)
     assert len(case.kept()) == 3 and len(case.safety()) == 3
+
+
+def test_a_failed_safety_dump_removes_nothing(case_factory: Any) -> None:
+    """Retention removes older copies only once this restore's own safety dump is written and
+    verified: here the backup directory fills up while the restore waits at `recorded` (after the
+    swap), so the safety dump fails, and the older kept database and safety dump must stay."""
+    case = case_factory(MARIADB, "ret_nosafety", restore_retention={"keep": 1, "min_age_minutes": 0})
+    case.db.bash(f"install -d -m 0700 {case.backup_dir} && mount -t tmpfs -o size=4m,mode=0700 tmpfs {case.backup_dir}")
+    backed_up(case)
+    case.spoil()
+    first = case.run("restore")
+    assert first.returncode == 0, output(first)
+    older = case.host_result()
+    fault = f"{case.backup_dir}/{FAULT_POINT_FILE}"
+    case.db.bash(f"printf recorded > {fault}")
+    case.spoil()
+    restore = subprocess.Popen([MAYDAY, "restore", "-i", str(case.inventory), "--limit", case.db.host],
+                               cwd=ROOT, env=case.mayday.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while case.db.bash(f"cat {fault}.reached 2>/dev/null || true").strip() != "recorded":
+            assert time.monotonic() < deadline and restore.poll() is None, "the restore never reached `recorded`"
+            time.sleep(0.2)
+        case.db.bash(f"dd if=/dev/zero of={case.backup_dir}/filler bs=64k 2>/dev/null || true; "
+                     f"rm -f {fault} {fault}.reached")
+        text, _ = restore.communicate(timeout=180)
+    finally:
+        if restore.poll() is None:
+            restore.kill()
+        case.db.bash(f"rm -f {case.backup_dir}/filler {fault}", check=False)
+    assert restore.returncode == 0, text[-3000:]
+    detail = case.host_result()
+    assert detail["safety_backup"] is None and any("safety dump" in w for w in detail["warnings"]), detail
+    assert detail["retention_removed"] == {"kept_databases": [], "safety_backups": []}, detail
+    assert older["previous_kept_as"] in case.kept() and older["safety_backup"] in case.safety()
 
 
 def test_postgresql_safety_dump_of_the_kept_database(case_factory: Any) -> None:
