@@ -35,6 +35,9 @@ class Scenario:
     group: str = ""
     # The CLI command's name when it differs (`mayday lease extend` runs scenario lease-extend).
     command: str = ""
+    # "security": the outcome goes to the inventory's security channels (mayday_notify_channels_security,
+    # else the usual ones), success included: a lockdown or a locked account is news for the team.
+    channel: str = ""
     # Checks across inputs (at least one lockdown step): problems, in the rules' words.
     cross_check: Callable[[dict[str, Any]], list[str]] | None = None
 
@@ -113,6 +116,12 @@ SKIP_EVIDENCE = Param("skip_evidence", "Contain without capturing evidence first
                       default=False, is_flag=True)
 SKIP_REASON = Param("reason", "Why evidence is skipped; written in the report.", rules.reason_text, required=True,
                     applies=lambda p: bool(p.get("skip_evidence")))
+ACCOUNT_USER = Param("user", "The compromised account (OS user, or the app's user when it is one).",
+                     rules.account_name, required=True, positional=True)
+ACCOUNT_RESTORE = Param("restore", "Put back exactly what an earlier `security account` changed.", rules.flag,
+                        default=False, is_flag=True)
+ROTATE_ONLY = Param("only", "Only these credentials (comma separated).", rules.rotate_targets,
+                    default=list(rules.ROTATE_TARGETS), choices=lambda: list(rules.ROTATE_TARGETS))
 LOCKDOWN_OP = Param("op", "start, confirm or lift.", rules.lockdown_op, default="start",
                     choices=lambda: list(rules.LOCKDOWN_OPS))
 LOCKDOWN_PHASES = ("Open", "Pre-flight", "Evidence", "Contain", "Verify", "Report")
@@ -166,15 +175,28 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              "`lockdown confirm` keeps it until `lockdown lift`.",
              "Security lockdown", 1, LOCKDOWN_PHASES,
              [LOCKDOWN_OP, ISOLATE, INTERNAL_ONLY, RATE_LIMIT, DB_RESTRICT, LOCKDOWN_FOR, SKIP_EVIDENCE, SKIP_REASON],
-             success="DONE", fixed={"op": "start"}, group="lockdown", cross_check=lockdown_steps_chosen),
+             success="DONE", fixed={"op": "start"}, group="lockdown", cross_check=lockdown_steps_chosen,
+             channel="security"),
     Scenario("lockdown-confirm", "security-lockdown.yml",
              "Keep the active lockdown until `lockdown lift`: its leases end without undoing it, the isolation "
              "survives a restart.", "Security lockdown confirmed", 1, ("Open", "Pre-flight", "Confirm", "Report"),
-             [LOCKDOWN_OP], success="DONE", fixed={"op": "confirm"}, group="lockdown", command="confirm"),
+             [LOCKDOWN_OP], success="DONE", fixed={"op": "confirm"}, group="lockdown", command="confirm",
+             channel="security"),
     Scenario("lockdown-lift", "security-lockdown.yml",
              "Undo the active lockdown on every host and prove each host is back to its state before it.",
              "Security lockdown lifted", 1, ("Open", "Pre-flight", "Lift", "Verify", "Report"), [LOCKDOWN_OP],
-             success="DONE", fixed={"op": "lift"}, group="lockdown", command="lift"),
+             success="DONE", fixed={"op": "lift"}, group="lockdown", command="lift", channel="security"),
+    Scenario("security-account", "security-account.yml",
+             "Compromised account: lock it, end its sessions, move its keys aside, revoke its app sessions and tokens, "
+             "then its evidence; --restore puts back exactly what was changed.",
+             "Compromised account {user}", 1, ("Open", "Pre-flight", "Evidence", "Contain", "Verify", "Report"),
+             [ACCOUNT_USER, ACCOUNT_RESTORE], success="DONE", group="security", command="account",
+             channel="security"),
+    Scenario("rotate", "rotate-credentials.yml",
+             "Rotate credentials (MariaDB, PostgreSQL, pgbouncer, the app's configuration) in the order that keeps "
+             "the app up; proven: old rejected, new accepted, app healthy.",
+             "Credential rotation", 1, ("Open", "Pre-flight", "Rotate", "Verify", "Report"), [ROTATE_ONLY],
+             success="DONE", group="security", command="rotate", channel="security"),
     Scenario("kill-long", "db-kill-long-queries.yml",
              "Cancel, then terminate, client queries running too long (never replication, workers, mayday, "
              "allowlisted roles).",

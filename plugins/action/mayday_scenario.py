@@ -184,7 +184,10 @@ class ActionModule(ActionBase):
         downtime = records.measure_downtime(records.read_timeline(incident_dir))
         fields = dict(args.get("fields") or {})
         # Routine jobs (a backup) tell the team only when they fail.
-        quiet = scenario.success != "RECOVERED" and found.outcome != "FAILED"
+        quiet = scenario.success != "RECOVERED" and found.outcome != "FAILED" and not scenario.channel
+        channels = args.get("channels")
+        if scenario.channel == "security" and args.get("security_channels"):
+            channels = args["security_channels"]
         if found.outcome != "REFUSED" and not quiet:
             escalate = found.outcome == "FAILED"
             label = args.get("label") or scenario.name.upper()
@@ -192,7 +195,7 @@ class ActionModule(ActionBase):
                     else f"{opened.get('incident_id')} {label} {found.outcome}: ") + found.summary
             if args.get("with_downtime"):
                 text += f" Downtime {downtime['seconds'] if downtime.get('seconds') is not None else 'unknown'} s."
-            delivered = notify.send(list(args.get("channels") or []), text, "escalation" if escalate else "resolved",
+            delivered = notify.send(list(channels or []), text, "escalation" if escalate else "resolved",
                                     opened.get("incident_id"), {"outcome": found.outcome,
                                                                 "downtime_s": downtime.get("seconds"), **fields},
                                     dry_run=check_mode)

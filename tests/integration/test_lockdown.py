@@ -102,6 +102,10 @@ def test_lockdown_rate_limit_and_db_restrict_then_one_at_a_time_confirm_and_lift
     out = calm.run("lockdown", "--rate-limit", "--db-restrict", "--for", "20m")
     assert out.returncode == 0, out.stdout + out.stderr
     incident = calm.last_report()["incident"]
+    security = calm.state_dir / "security-notifications.jsonl"
+    sent = [json.loads(line) for line in security.read_text().splitlines()] if security.exists() else []
+    assert [n["incident"] for n in sent] == [incident], "the lockdown was not announced on the security channel"
+    assert not calm.notifications(), "a security event went to the general channel"
     for host in WEB:
         codes = burst_codes(host)
         assert "429" in codes and codes[0] != "429", f"{host}: no rate limit seen: {codes}"
