@@ -56,7 +56,7 @@ molecule: venv host image
 	$(BIN)/molecule test --all
 
 integration: venv host image
-	$(BIN)/pytest -q tests/integration
+	$(BIN)/pytest -q -n 2 --dist loadfile tests/integration
 
 bench: venv host image
 	$(BIN)/python bench/level1/run.py --sizes 1,10,25

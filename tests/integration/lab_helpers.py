@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,12 @@ VENV_BIN = ROOT / ".venv" / "bin"
 MAYDAY = str(VENV_BIN / "mayday")
 ANSIBLE_PLAYBOOK = str(VENV_BIN / "ansible-playbook")
 DOCKER = "/usr/bin/docker"
+# Under pytest-xdist (`make integration` runs two workers) each worker has its own lab and its own
+# controller state, set here before anything reads them: gw0 keeps the lab's name, gw1 gets <name>-gw1.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _WORKER and _WORKER != "gw0":
+    os.environ["MAYDAY_LAB_NAME"] = f"{os.environ.get('MAYDAY_LAB_NAME') or 'mayday-lab'}-{_WORKER}"
+    os.environ.setdefault("MAYDAY_STATE_DIR", tempfile.mkdtemp(prefix=f"mayday-state-{_WORKER}-"))
 # The lab under test: containers <MAYDAY_LAB_NAME>-web1 ... (default mayday-lab), as `mayday lab up` names them.
 LAB_NAME = os.environ.get("MAYDAY_LAB_NAME") or "mayday-lab"
 PREFIX = LAB_NAME + "-"
