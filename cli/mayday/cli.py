@@ -144,6 +144,8 @@ def scenario_command(scenario: Scenario) -> click.Command:
 # A scenario with a group is a subcommand of it: `mayday db read-only`.
 GROUP_HELP = {"db": "Database emergencies: pgbouncer reset, long queries, read-only under a lease, back to "
               "read-write, data corruption.",
+              "security": "Security incidents: a compromised account, credential rotation (lockdown: `mayday "
+                          "lockdown`).",
               "lease": "Leases: temporary emergency changes that the hosts revert at expiry (`mayday status` lists "
                        "them)."}
 _groups: dict[str, click.Group] = {}
@@ -189,15 +191,15 @@ def backups(inventory_name: str | None, limit: str | None, as_json: bool) -> Non
     hosts = {r["host"]: r.get("report") or {} for r in result.results if "backups" in r}
     if as_json:
         click.echo(json.dumps({host: {key: report.get(key, []) for key in
-                                      ("backups", "safety_backups", "kept_databases")}
+                                      ("backups", "safety_backups", "emergency_backups", "kept_databases")}
                                | ({"kept_error": report["kept_error"]} if "kept_error" in report else {})
                                for host, report in hosts.items()}, indent=2))
     else:
         for host, report in hosts.items():
             click.echo(f"{host}:")
-            click.echo(f"  {'kind':<8} {'name':<56} {'time':<17} {'size':>10} {'bytes':>14}")
+            click.echo(f"  {'kind':<9} {'name':<56} {'time':<17} {'size':>10} {'bytes':>14}")
             for item in report.get("items", []):
-                click.echo(f"  {item['kind']:<8} {item['name']:<56} {item['time']:<17} {item['size_human']:>10} "
+                click.echo(f"  {item['kind']:<9} {item['name']:<56} {item['time']:<17} {item['size_human']:>10} "
                            f"{item['size']:>14}")
             if not report.get("items"):
                 click.echo("  (none)")

@@ -370,23 +370,25 @@ def human_size(size):
 
 
 def inventory(params):
-    """Read-only listing for `mayday backups`: regular backups, safety dumps and kept databases,
+    """Read-only listing for `mayday backups`: regular backups, safety dumps, emergency copies and kept databases,
     each as {kind, name, time, size, size_human}, oldest first, and the same as text lines."""
     manifests = list_backups(params["backup_dir"], params["engine"], params["database"])
-    items = [{"kind": "backup" if m.get("kind") == "backup" else "safety", "name": m["id"], "time": m["time"],
-              "size": int(m.get("size") or 0)} for m in manifests]
+    # Emergency copies (the state a data-corruption run found) are listed as such, never as backups.
+    items = [{"kind": m.get("kind") if m.get("kind") in ("backup", "emergency") else "safety", "name": m["id"],
+              "time": m["time"], "size": int(m.get("size") or 0)} for m in manifests]
     doc: dict = {}
     try:
         items += [{"kind": "kept-db", "name": k["name"], "time": k["time"], "size": k["size"]}
                   for k in kept_databases(engine_for(params), params["database"])]
-    except DbError as exc:  # the files are still worth listing when the server does not answer
+    except (DbError, ImportError, OSError) as exc:  # the files are worth listing without the server or its driver
         doc["kept_error"] = str(exc)
     for item in items:
         item["size_human"] = human_size(item["size"])
     doc["items"] = items
     doc["lines"] = [f"{i['kind']:<8} {i['name']:<56} {i['time']:<17} {i['size_human']:>10} {i['size']:>14} B"
                     for i in items]
-    for kind, key in (("backup", "backups"), ("safety", "safety_backups"), ("kept-db", "kept_databases")):
+    for kind, key in (("backup", "backups"), ("safety", "safety_backups"), ("emergency", "emergency_backups"),
+                      ("kept-db", "kept_databases")):
         doc[key] = [i for i in items if i["kind"] == kind]
     return doc
 

@@ -20,6 +20,7 @@ from mayday_db_backups import (
     ensure_dir,
     expired,
     human_size,
+    inventory,
     kept_name_time,
     list_backups,
     max_database_name,
@@ -39,7 +40,7 @@ TABLES = {"orders": {"rows": 3, "checksum": "11"}, "customers": {"rows": 2, "che
 
 def write_backup(backup_dir: Path, engine: str, db: str, time: str, kind: str = "backup",
                  body: bytes = b"-- dump\n-- Dump completed\n") -> dict[str, Any]:
-    backup_id = f"{engine}-{db}-{time}" + ("-safety" if kind == "safety" else "")
+    backup_id = f"{engine}-{db}-{time}" + ("" if kind == "backup" else f"-{kind}")
     ext = "sql" if engine == "mariadb" else "pgdump"
     (backup_dir / f"{backup_id}.{ext}").write_bytes(body)
     manifest = {"id": backup_id, "kind": kind, "time": time, "engine": engine, "database": db,
@@ -342,3 +343,16 @@ def test_an_older_manifest_is_held_by_row_counts_only_and_says_so() -> None:
     restored = {"t": {"rows": 3, "checksum": "new"}, "@owners ": {"rows": 0, "checksum": "1"}}
     assert compare(expected, reduce(restored)) == []
     assert compare(expected, reduce({"t": {"rows": 2, "checksum": "new"}})) != []
+
+
+def test_backups_listing_names_emergency_copies_apart_and_never_resolves_them(tmp_path: Path) -> None:
+    write_backup(tmp_path, "mariadb", "app", "20260101T000000Z")
+    write_backup(tmp_path, "mariadb", "app", "20260102T000000Z", kind="safety")
+    write_backup(tmp_path, "mariadb", "app", "20260103T000000Z", kind="emergency")
+    listed = inventory(params(tmp_path, socket=str(tmp_path / "no-server.sock")))
+    assert [(i["kind"], i["name"]) for i in listed["items"]] == [
+        ("backup", "mariadb-app-20260101T000000Z"), ("safety", "mariadb-app-20260102T000000Z-safety"),
+        ("emergency", "mariadb-app-20260103T000000Z-emergency")]
+    assert [i["name"] for i in listed["emergency_backups"]] == ["mariadb-app-20260103T000000Z-emergency"]
+    assert "kept_error" in listed  # no server here: the files are listed all the same
+    assert resolve(params(tmp_path))["id"] == "mariadb-app-20260101T000000Z"  # latest is never an emergency copy
