@@ -193,6 +193,29 @@ def reason_text(value: Any) -> str:
     return text
 
 
+ACCOUNT_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+ROTATE_TARGETS = ("mariadb", "postgresql", "pgbouncer", "app")
+
+
+def account_name(value: Any) -> str:
+    """An OS or application account name (POSIX-portable, as useradd takes it)."""
+    text = str(value or "").strip()
+    if not ACCOUNT_NAME.match(text):
+        raise BadValue(f"account {text!r} is not an account name; valid: lower-case letters, digits, '_', '.', '-', "
+                       "starting with a letter or '_', at most 32 characters")
+    return text
+
+
+def rotate_targets(value: Any) -> list[str]:
+    """--only mariadb,postgresql: a subset of the rotation targets, in the order that keeps the app up."""
+    given = value if isinstance(value, list) else [v for v in re.split(r"[,\s]+", str(value or "")) if v]
+    unknown = [v for v in given if v not in ROTATE_TARGETS]
+    if unknown or not given:
+        raise BadValue(f"--only {','.join(unknown) or '(empty)'}: not a credential mayday rotates; "
+                       f"valid: {', '.join(ROTATE_TARGETS)} (comma separated)")
+    return [t for t in ROTATE_TARGETS if t in given]
+
+
 LOCKDOWN_OPS = ("start", "confirm", "lift")
 
 
