@@ -101,6 +101,10 @@ def summarize(result: RunResult, as_json: bool) -> None:
         if downtime.get("seconds") is not None:
             err.print(f"downtime: {downtime['seconds']} s ({downtime.get('basis')})")
         err.print(f"incident {result.incident}: {result.report_md}")
+    if result.handed_over:
+        later = result.handed_over
+        err.print(f"handed over to {later.get('scenario')}: [bold]{later.get('outcome')}[/] "
+                  f"(incident {later.get('incident')}): {later.get('summary') or ''}")
     shown = list(dict.fromkeys(f.split(": ", 1)[-1] for f in result.failures))
     for failure in shown[:10]:
         err.print(f"[red]- {failure}[/]")

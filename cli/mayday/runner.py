@@ -48,9 +48,13 @@ class RunResult:
     report_md: Path | None
     failures: list[str]
     results: list[dict[str, Any]] = field(default_factory=list)
+    # The report of the incident this run handed over to (performance -> Level 1), which decides.
+    handed_over: dict[str, Any] | None = None
 
     @property
     def exit_code(self) -> int:
+        if self.handed_over and self.handed_over.get("outcome") in EXIT_CODES:
+            return EXIT_CODES[self.handed_over["outcome"]]
         if self.report and self.report.get("outcome") in EXIT_CODES:
             return EXIT_CODES[self.report["outcome"]]
         if self.rc == 0:
@@ -70,7 +74,8 @@ class RunResult:
             "downtime": (self.report or {}).get("downtime"),
             "report_md": str(self.report_md) if self.report_md else None,
             "failures": self.failures,
-        }
+        } | ({"handed_over_to": {k: self.handed_over.get(k) for k in ("incident", "scenario", "outcome")}}
+             if self.handed_over else {})
 
 
 def new_run_id() -> str:
@@ -155,5 +160,9 @@ def run_playbook(
         if (incident_dir / "report.json").exists():
             report = json.loads((incident_dir / "report.json").read_text())
             report_md = incident_dir / "report.md"
+    handed_over = None
+    later = [i for i in record.get("incidents") or [] if i != incident]
+    if later and (states / "incidents" / later[-1] / "report.json").exists():
+        handed_over = json.loads((states / "incidents" / later[-1] / "report.json").read_text())
     return RunResult(run_id, int(result.rc), str(result.status), duration, incident, report, report_md, failures,
-                     results)
+                     results, handed_over)

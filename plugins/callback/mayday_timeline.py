@@ -53,6 +53,7 @@ class CallbackModule(CallbackBase):
         self.t0 = time.monotonic()
         self.playbook = None
         self.incident = None
+        self.incidents = []
         self.pending = []
         self.task_started = {}
         self.failed_hosts = set()
@@ -69,8 +70,11 @@ class CallbackModule(CallbackBase):
         started, t0 = self.task_started.pop((host, task._uuid), (mayday_records.utc_now(), time.monotonic()))
         res = result._result
         opened = res.get("mayday_incident")
-        if opened and not self.incident:
+        if opened and opened != self.incident:
+            # A second incident in one run is a hand-over (performance -> Level 1): its events go to it.
+            self._flush()
             self.incident = opened
+            self.incidents.append(opened["id"])
         if status == "ok" and task.action in QUIET_ACTIONS:
             return
         name = task.name or task.action
@@ -124,7 +128,8 @@ class CallbackModule(CallbackBase):
     def _write_run(self, status, stats=None):
         outcome = scenario = None
         if self.incident:
-            scenario = mayday_records.read_json(os.path.join(self.incident["dir"], "incident.json")).get("scenario")
+            first = os.path.join(os.path.dirname(self.incident["dir"]), self.incidents[0])
+            scenario = mayday_records.read_json(os.path.join(first, "incident.json")).get("scenario")
             report = os.path.join(self.incident["dir"], "report.json")
             if os.path.exists(report):
                 outcome = mayday_records.read_json(report).get("outcome")
@@ -139,7 +144,9 @@ class CallbackModule(CallbackBase):
             "started": self.started,
             "duration_s": round(time.monotonic() - self.t0, 1),
             "status": status,
-            "incident": self.incident["id"] if self.incident else None,
+            "incident": self.incidents[0] if self.incidents else None,
+            # Every incident this run opened, in order; the last one is where a hand-over ended.
+            "incidents": self.incidents,
             "outcome": outcome,
             "stats": stats,
         })

@@ -9,6 +9,7 @@ and other:* keys, and pages in the app cache directory.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from typing import Any
@@ -195,12 +196,18 @@ def test_still_slow_says_so_and_escalate_level1_rolls_back(seeded: Mayday) -> No
         assert report["outcome"] == "FAILED" and report["handover"] == "none", report
         assert all(current_release(h) == SLOW_RELEASE for h in WEB_HOSTS), "no escalation was asked"
 
-        plain = playbook(seeded, "-e", "pattern=profile:*", "-e", "threshold_ms=400", "-e", "escalate=level1")
+        # The CLI's exit code and summary follow the hand-over: Level 1 recovered, so 0.
+        escalated = seeded.run("performance", "--pattern", "profile:*", "--threshold-ms", "400", "--escalate",
+                               "level1", "--json")
         reports = {r["scenario"]: r for r in seeded.reports()[-2:]}
-        assert reports["performance"]["outcome"] == "FAILED", output(plain)
+        assert reports["performance"]["outcome"] == "FAILED", output(escalated)
         assert reports["performance"]["handover"] == "level1"
-        assert reports["level1"]["outcome"] == "RECOVERED", output(plain)
-        assert plain.returncode == 0, output(plain)
+        assert reports["level1"]["outcome"] == "RECOVERED", output(escalated)
+        assert escalated.returncode == 0, output(escalated)
+        assert json.loads(escalated.stdout)["handed_over_to"] == {
+            "incident": reports["level1"]["incident"], "scenario": "level1", "outcome": "RECOVERED"}
+        # Level 1's own steps are in its own incident's timeline, not the performance one's.
+        assert any(step["phase"] == "Rollback" for step in reports["level1"]["steps"]), reports["level1"]["steps"]
         for host in WEB_HOSTS:
             assert current_release(host) == "v1", host
             assert latency_ms(host) < 400, host
