@@ -100,12 +100,14 @@ LEASE_ID = Param("id", "The lease id (`mayday status` lists them).", rules.lease
 LEASE_EXTEND_FOR = Param("for", "The lease now expires this long from now (30m, 2h; within the inventory's bounds).",
                          rules.lease_duration, required=True)
 LEASE_PHASES = ("Open", "Pre-flight", "Lease", "Report")
-LOCKDOWN_STEPS = ("isolate", "rate_limit", "db_restrict")
+LOCKDOWN_STEPS = ("isolate", "no_new_logins", "rate_limit", "db_restrict")
 ISOLATE = Param("isolate", "Network isolation (nftables, IPv4 and IPv6): only the management allowlist and this "
                 "controller reach the hosts; undone at the lease's end unless confirmed.", rules.flag, default=False,
                 is_flag=True)
 INTERNAL_ONLY = Param("internal_only", "With --isolate: the inventory's internal networks may reach the hosts too.",
                       rules.flag, default=False, is_flag=True)
+NO_NEW_LOGINS = Param("no_new_logins", "No new SSH logins but the operator's and the break-glass group's; active "
+                      "sessions stay (sshd -t before the reload).", rules.flag, default=False, is_flag=True)
 RATE_LIMIT = Param("rate_limit", "An nginx rate limit on the web hosts (429 over the inventory's rate), proven by a "
                    "burst.", rules.flag, default=False, is_flag=True)
 DB_RESTRICT = Param("db_restrict", "Databases read-only, proven by a write that fails.", rules.flag, default=False,
@@ -174,7 +176,8 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              "Security lockdown: evidence first, then the chosen containment steps under a lease, each proven. "
              "`lockdown confirm` keeps it until `lockdown lift`.",
              "Security lockdown", 1, LOCKDOWN_PHASES,
-             [LOCKDOWN_OP, ISOLATE, INTERNAL_ONLY, RATE_LIMIT, DB_RESTRICT, LOCKDOWN_FOR, SKIP_EVIDENCE, SKIP_REASON],
+             [LOCKDOWN_OP, ISOLATE, INTERNAL_ONLY, NO_NEW_LOGINS, RATE_LIMIT, DB_RESTRICT, LOCKDOWN_FOR, SKIP_EVIDENCE,
+              SKIP_REASON],
              success="DONE", fixed={"op": "start"}, group="lockdown", cross_check=lockdown_steps_chosen,
              channel="security"),
     Scenario("lockdown-confirm", "security-lockdown.yml",

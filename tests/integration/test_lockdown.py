@@ -40,6 +40,7 @@ WEB = ("web1", "web2")
 ALL = (*WEB, DB1, PG1)
 RECORD = "/var/lib/mayday/lockdown.json"
 LIMIT_CONF = "/etc/nginx/conf.d/mayday-rate-limit.conf"
+SSH_TREE = "find /etc/ssh -type f | sort | xargs sha256sum; stat -c '%a %U %n' /etc/ssh/sshd_config.d/*"
 
 
 def burst_codes(host: str, count: int = 40) -> list[str]:
@@ -158,10 +159,14 @@ def test_unconfirmed_lockdown_is_undone_by_the_hosts_and_no_longer_counts(calm: 
 
 def test_evidence_first_then_isolation_and_lift_restores_the_ruleset(calm: Mayday) -> None:
     rules_before = sh("web1", "nft -s list ruleset")
-    out = calm.run("lockdown", "--isolate", "--limit", "web1", "--for", "10m")
+    ssh_before = sh("web1", SSH_TREE)
+    out = calm.run("lockdown", "--isolate", "--no-new-logins", "--limit", "web1", "--for", "10m")
     assert out.returncode == 0, out.stdout + out.stderr
     report = calm.last_report()
     assert sh("web1", f"nft list table {TABLE} >/dev/null && echo live").strip() == "live"
+    # Logins: a user other than the operator is held to the break-glass group (sshd's own view).
+    assert "allowgroups mayday-breakglass" in sh("web1", "sshd -T -C user=outsider,host=x,addr=192.0.2.1")
+    assert "allowgroups" not in sh("web1", "sshd -T -C user=mayday,host=x,addr=192.0.2.1")
     evidence = calm.state_dir / "incidents" / report["incident"] / "evidence"
     assert verify(evidence) == [], "the evidence copied to the controller does not verify"
     archive = evidence / "web1" / "evidence.tar.gz"
@@ -175,6 +180,7 @@ def test_evidence_first_then_isolation_and_lift_restores_the_ruleset(calm: Mayda
     out = calm.run("lockdown", "lift", "--limit", "web1")
     assert out.returncode == 0, out.stdout + out.stderr
     assert sh("web1", "nft -s list ruleset") == rules_before, "lift did not restore the ruleset byte for byte"
+    assert sh("web1", SSH_TREE) == ssh_before, "lift did not restore sshd's configuration byte for byte"
 
     out = calm.run("lockdown", "--rate-limit", "--limit", "web2", "--skip-evidence", "--reason", "disk full")
     assert out.returncode == 0, out.stdout + out.stderr
