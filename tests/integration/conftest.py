@@ -16,7 +16,6 @@ import pytest
 from lab_helpers import (
     APP,
     MAYDAY,
-    PREFIX,
     PRUNE_RELEASES,
     ROOT,
     WEB_HOSTS,
@@ -27,6 +26,7 @@ from lab_helpers import (
     ensure_running,
     health,
     reset_lab,
+    serve_by_hand,
 )
 
 
@@ -66,21 +66,27 @@ def broken_lab(lab: dict[str, str], mayday: Mayday) -> Mayday:
 
 
 @pytest.fixture(scope="session")
-def lab_up() -> None:
-    """`mayday lab up` (which also runs playbooks/lab/setup.yml), without deploying any release: for
-    tests that only touch the database hosts."""
+def lab_started() -> None:
+    """`mayday lab up` (which also runs playbooks/lab/setup.yml), once per session (per xdist worker)."""
     up = subprocess.run([MAYDAY, "lab", "up"], cwd=ROOT, env=base_env(), capture_output=True, text=True,
                         check=False, timeout=1800)
     assert up.returncode == 0, f"mayday lab up failed:\n{up.stdout}\n{up.stderr}"
     ensure_running()
-    # A database restore ends by checking the app: give it a healthy release to check.
-    health = subprocess.run(["/usr/bin/docker", "exec", PREFIX + "web1", "curl", "-s", "-o", "/dev/null", "-w",
-                             "%{http_code}", "http://127.0.0.1/health-check"], capture_output=True, text=True,
-                            check=False)
-    if health.stdout != "200":
-        deploy = subprocess.run([MAYDAY, "lab", "deploy", "--release", "v1"], cwd=ROOT, env=base_env(),
-                                capture_output=True, text=True, check=False, timeout=600)
-        assert deploy.returncode == 0, f"mayday lab deploy failed:\n{deploy.stdout}\n{deploy.stderr}"
+
+
+@pytest.fixture(scope="module")
+def lab_up(lab_started: None) -> None:
+    """The lab, serving a healthy release at the start of every module that asks for it: a database
+    restore ends by checking the app, and a module that ran before on this lab (in any order, under
+    xdist) may have left the broken v2 live."""
+    if all(health(h).get("status") == "healthy" for h in WEB_HOSTS):
+        return
+    if all(dexec(h, f"test -d {APP}/releases/v1 && echo yes", check=False).strip() == "yes" for h in WEB_HOSTS):
+        serve_by_hand("v1", timeout=60)
+        return
+    deploy = subprocess.run([MAYDAY, "lab", "deploy", "--release", "v1"], cwd=ROOT, env=base_env(),
+                            capture_output=True, text=True, check=False, timeout=600)
+    assert deploy.returncode == 0, f"mayday lab deploy failed:\n{deploy.stdout}\n{deploy.stderr}"
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
