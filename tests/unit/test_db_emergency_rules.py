@@ -162,3 +162,48 @@ def test_kill_long_defaults_and_refusals_together() -> None:
     assert len(problems) == 2 and clean["grace"] == 10 and clean["force"] is False
     clean, problems = check_params(SCENARIOS["kill-long"].params, {})
     assert problems == [] and clean["older_than"] == "5m" and clean["max_victims"] == 10
+
+
+# --- lockdown and security: the verdict before anything changes, and the inputs -------------------------
+def test_lockdown_preflight_one_at_a_time_and_confirm_or_lift_need_one() -> None:
+    from mayday.verdict import lockdown_preflight
+
+    active = {"incident": "INC-1", "started": "2026-11-26T00:00:00Z", "steps": ["rate_limit"], "expired": False}
+    probes = {"web1": {"lockdown": active}, "web2": {"lockdown": None}}
+    started = lockdown_preflight(probes, "start")
+    assert not started.go and "already active on web1 (incident INC-1)" in started.refusals[0]
+    assert lockdown_preflight(probes, "lift").detail == {"lockdown_hosts": ["web1"]}
+    assert lockdown_preflight({"web1": {"lockdown": dict(active, confirmed=True)}}, "confirm").noop
+    idle = {"web1": {"lockdown": None}, "web2": {"lockdown": dict(active, expired=True)}}
+    assert lockdown_preflight(idle, "start").go, "an expired lockdown must not block a new one"
+    assert "no lockdown is active on web1, web2; nothing to lift" in lockdown_preflight(idle, "lift").refusals[0]
+
+
+@pytest.mark.parametrize(("given", "problem"), [
+    ({}, "no containment step chosen; valid: one or more of --isolate, --no-new-logins"),
+    ({"internal_only": True, "rate_limit": True}, "--internal-only only widens --isolate"),
+    ({"rate_limit": True, "skip_evidence": True}, "no reason given"),
+    ({"rate_limit": True, "for": "9d"}, "longer than 7d"),
+])
+def test_lockdown_input_refusals(given: dict[str, object], problem: str) -> None:
+    _, problems = SCENARIOS["lockdown"].check(given)
+    assert any(problem in p for p in problems), problems
+
+
+def test_lockdown_skip_evidence_keeps_the_reason_as_one_line() -> None:
+    params, problems = SCENARIOS["lockdown"].check({"rate_limit": True, "skip_evidence": True,
+                                                    "reason": "disk  full\n on web1"})
+    assert problems == [] and params["reason"] == "disk full on web1" and params["op"] == "start"
+
+
+@pytest.mark.parametrize("value", ["root;x", "Intruder", "9lives", "a" * 33, ""])
+def test_bad_account_names(value: str) -> None:
+    with pytest.raises(BadValue, match="is not an account name"):
+        rules.account_name(value)
+
+
+def test_rotation_targets_keep_the_order_that_keeps_the_app_up() -> None:
+    assert rules.rotate_targets("app,mariadb") == ["mariadb", "app"]
+    assert rules.rotate_targets(["postgresql", "pgbouncer"]) == ["postgresql", "pgbouncer"]
+    with pytest.raises(BadValue, match="valid: mariadb, postgresql, pgbouncer, app"):
+        rules.rotate_targets("redis")
