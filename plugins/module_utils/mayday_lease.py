@@ -31,6 +31,14 @@ LEASE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 DURATION_PART = re.compile(r"(\d+)([smhd])")
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # Revert attempts at expiry (the database may still be starting after a reboot).
+# The arguments of every module whose change a lease holds (the bounds come from the inventory).
+LEASED_CHANGE_ARGS = {
+    "duration": {"type": "str", "default": "30m"},
+    "lease_min": {"type": "str", "default": "1m"},
+    "lease_max": {"type": "str", "default": "4h"},
+    "incident": {"type": "str", "default": ""},
+    "host_label": {"type": "str"},
+}
 REVERT_ATTEMPTS = 12
 REVERT_PAUSE_S = 5.0
 REVERT_TIMEOUT_S = 60.0
@@ -53,6 +61,17 @@ class LeaseError(Exception):
 
 
 # -- durations and times -----------------------------------------------------------------------
+def run_bounded(argv, error, timeout=30, check=True):
+    """A command of a leased change, bounded in time; `error` (the module's exception) says why not."""
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise error(f"{' '.join(argv)} did not finish within {timeout} s") from None
+    if check and out.returncode != 0:
+        raise error(f"{' '.join(argv)} failed: {(out.stderr or out.stdout).strip()[-400:]}")
+    return out
+
+
 def parse_duration(value):
     """'30m', '2h', '1h30m', '5s', '1d' -> seconds (>0). Bare numbers are refused: a unit is required."""
     text = str(value).strip().lower() if not isinstance(value, bool) else ""

@@ -50,10 +50,17 @@ import os
 import pwd
 import re
 import socket
-import subprocess
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.mayday_lease import LeaseError, Leases, check_bounds, install, parse_duration
+from ansible.module_utils.mayday_lease import (
+    LEASED_CHANGE_ARGS,
+    LeaseError,
+    Leases,
+    check_bounds,
+    install,
+    parse_duration,
+    run_bounded,
+)
 
 CONF = "/etc/ssh/sshd_config.d/00-mayday-lockdown.conf"
 MAIN = "/etc/ssh/sshd_config"
@@ -69,13 +76,7 @@ class AuthLockdownError(Exception):
 
 
 def run(argv, check=True):
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
-    except subprocess.TimeoutExpired:
-        raise AuthLockdownError(f"{' '.join(argv)} did not finish within {TIMEOUT_S} s") from None
-    if check and out.returncode != 0:
-        raise AuthLockdownError(f"{' '.join(argv)} failed: {(out.stderr or out.stdout).strip()[-400:]}")
-    return out
+    return run_bounded(argv, AuthLockdownError, TIMEOUT_S, check=check)
 
 
 def config(operator, group):
@@ -145,12 +146,8 @@ def main():
             "state": {"type": "str", "choices": ["on", "off"], "default": "on"},
             "operator": {"type": "str", "default": ""},
             "break_glass_group": {"type": "str", "default": ""},
-            "duration": {"type": "str", "default": "30m"},
-            "lease_min": {"type": "str", "default": "1m"},
-            "lease_max": {"type": "str", "default": "4h"},
-            "incident": {"type": "str", "default": ""},
             "service": {"type": "str", "default": ""},
-            "host_label": {"type": "str"},
+            **LEASED_CHANGE_ARGS,
         },
         supports_check_mode=True,
     )

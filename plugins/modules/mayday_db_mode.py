@@ -64,6 +64,7 @@ import subprocess
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.mayday_lease import (
+    LEASED_CHANGE_ARGS,
     LeaseError,
     Leases,
     check_bounds,
@@ -185,15 +186,11 @@ def main():
             "engine": {"type": "str", "choices": ["mariadb", "postgresql"], "required": True},
             "database": {"type": "str", "required": True},
             "state": {"type": "str", "choices": ["on", "off"], "required": True},
-            "duration": {"type": "str", "default": "30m"},
-            "lease_min": {"type": "str", "default": "1m"},
-            "lease_max": {"type": "str", "default": "4h"},
             "app_user": {"type": "str", "required": True},
             "app_password": {"type": "str", "no_log": True},
             "pgbouncer": {"type": "dict"},
             "pgbouncer_admin_password": {"type": "str", "no_log": True},
-            "incident": {"type": "str", "default": ""},
-            "host_label": {"type": "str"},
+            **LEASED_CHANGE_ARGS,
         },
         supports_check_mode=True,
     )

@@ -68,7 +68,14 @@ import socket
 import subprocess
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.mayday_lease import LeaseError, Leases, check_bounds, install, parse_duration
+from ansible.module_utils.mayday_lease import (
+    LEASED_CHANGE_ARGS,
+    LeaseError,
+    Leases,
+    check_bounds,
+    install,
+    parse_duration,
+)
 from ansible.module_utils.mayday_nft_isolate import (
     BEFORE,
     DROP_TABLE,
@@ -144,12 +151,8 @@ def main():
             "internal_only": {"type": "bool", "default": False},
             "dns": {"type": "bool", "default": True},
             "dhcp": {"type": "bool", "default": False},
-            "duration": {"type": "str", "default": "30m"},
             "probation": {"type": "str", "default": "2m"},
-            "lease_min": {"type": "str", "default": "1m"},
-            "lease_max": {"type": "str", "default": "4h"},
-            "incident": {"type": "str", "default": ""},
-            "host_label": {"type": "str"},
+            **LEASED_CHANGE_ARGS,
             # Handled by the action plugin on the controller (the self-test); here only to be accepted.
             "management_address": {"type": "str", "default": ""},
             "management_port": {"type": "int", "default": 22},

@@ -45,13 +45,20 @@ summary: {description: One line naming the host., type: str, returned: always}
 
 import os
 import socket
-import subprocess
 import time
 import urllib.error
 import urllib.request
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.mayday_lease import LeaseError, Leases, check_bounds, install, parse_duration
+from ansible.module_utils.mayday_lease import (
+    LEASED_CHANGE_ARGS,
+    LeaseError,
+    Leases,
+    check_bounds,
+    install,
+    parse_duration,
+    run_bounded,
+)
 
 CONF = "/etc/nginx/conf.d/mayday-rate-limit.conf"
 KEY = "rate-limit:nginx"
@@ -72,13 +79,7 @@ def config(rate, burst):
 
 
 def run(argv):
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
-    except subprocess.TimeoutExpired:
-        raise RateLimitError(f"{' '.join(argv)} did not finish within {TIMEOUT_S} s") from None
-    if out.returncode != 0:
-        raise RateLimitError(f"{' '.join(argv)} failed: {(out.stderr or out.stdout).strip()[-400:]}")
-    return out.stdout
+    return run_bounded(argv, RateLimitError, TIMEOUT_S).stdout
 
 
 def workers():
@@ -139,13 +140,9 @@ def main():
             "state": {"type": "str", "choices": ["on", "off"], "default": "on"},
             "rate": {"type": "int", "default": 10},
             "burst": {"type": "int", "default": 20},
-            "duration": {"type": "str", "default": "30m"},
-            "lease_min": {"type": "str", "default": "1m"},
-            "lease_max": {"type": "str", "default": "4h"},
-            "incident": {"type": "str", "default": ""},
             "probe_url": {"type": "str", "default": "http://127.0.0.1/health-check"},
             "probe_count": {"type": "int", "default": 60},
-            "host_label": {"type": "str"},
+            **LEASED_CHANGE_ARGS,
         },
         supports_check_mode=True,
     )
