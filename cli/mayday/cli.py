@@ -6,6 +6,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -294,6 +295,37 @@ def lockdown_status(inventory_name: str | None, as_json: bool) -> None:
     for failure in result.failures:
         err.print(f"[red]- {failure}[/]")
     sys.exit(0 if result.rc == 0 else 1)
+
+
+@cli.group("evidence")
+def evidence_group() -> None:
+    """Evidence a security run captured: verify it before it goes to a postmortem or a court."""
+
+
+@evidence_group.command("verify")
+@click.argument("where")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def evidence_verify(where: str, as_json: bool) -> None:
+    """Re-hash every capture of an incident (its id, or a directory) against manifests and custody."""
+    from mayday import evidence
+    from mayday.paths import state_dir
+
+    path = Path(where)
+    if not path.exists():
+        path = state_dir() / "incidents" / where / "evidence"
+    if not path.exists():
+        raise BadInput(f"{where!r} is neither a directory nor an incident with evidence in {state_dir() / 'incidents'}")
+    captures = evidence.capture_dirs(path)
+    problems = evidence.verify(path)
+    if as_json:
+        click.echo(json.dumps({"path": str(path), "captures": [str(c) for c in captures], "problems": problems},
+                              indent=2))
+    else:
+        for capture in captures:
+            click.echo(f"{capture}: {'FAILED' if any(p.startswith(f'{capture}:') for p in problems) else 'verified'}")
+        for problem in problems:
+            err.print(f"[red]- {problem}[/]")
+    sys.exit(1 if problems else 0)
 
 
 cli.add_command(lab_mod.lab)

@@ -205,3 +205,21 @@ def test_a_staging_root_that_is_a_file_fails_the_whole_capture(tmp_path: Path) -
         host.capture(params, "web1")
     with pytest.raises(host.CaptureError, match="not a plain name"):
         host.capture(dict(params, incident="../etc"), "web1")
+
+
+def test_cli_verifies_an_incident_by_id_and_fails_on_a_changed_byte(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from mayday.cli import cli
+
+    dest = make_capture(tmp_path)
+    (tmp_path / "state" / "incidents").mkdir(parents=True)
+    (tmp_path / "state" / "incidents" / "INC-1").symlink_to(tmp_path / "incident")
+    monkeypatch.setenv("MAYDAY_STATE_DIR", str(tmp_path / "state"))
+    ok = CliRunner().invoke(cli, ["evidence", "verify", "INC-1", "--json"])
+    assert ok.exit_code == 0 and json.loads(ok.output)["problems"] == [], ok.output
+    archive = dest / evidence.ARCHIVE
+    archive.write_bytes(archive.read_bytes()[:-1] + bytes([archive.read_bytes()[-1] ^ 1]))
+    bad = CliRunner().invoke(cli, ["evidence", "verify", str(dest), "--json"])
+    assert bad.exit_code == 1 and json.loads(bad.output)["problems"], bad.output
