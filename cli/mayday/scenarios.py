@@ -110,7 +110,8 @@ NO_NEW_LOGINS = Param("no_new_logins", "No new SSH logins but the operator's and
                       "sessions stay (sshd -t before the reload).", rules.flag, default=False, is_flag=True)
 RATE_LIMIT = Param("rate_limit", "An nginx rate limit on the web hosts (429 over the inventory's rate), proven by a "
                    "burst.", rules.flag, default=False, is_flag=True)
-DB_RESTRICT = Param("db_restrict", "Databases read-only, proven by a write that fails.", rules.flag, default=False,
+DB_RESTRICT = Param("db_restrict", "Databases read-only (proven by a write that fails) and their ports only "
+                    "from the app hosts.", rules.flag, default=False,
                     is_flag=True)
 LOCKDOWN_FOR = Param("for", "How long the lockdown holds before the hosts undo it, unless `lockdown confirm` "
                      "(30m, 2h; within the inventory's bounds).", rules.lease_duration, default="30m")

@@ -161,7 +161,7 @@ def resolvers(path="/etc/resolv.conf"):
 
 
 # -- the ruleset ---------------------------------------------------------------------------------
-def _set(name, family, nets, interval=True):
+def set_text(name, family, nets, interval=True):
     flags = "flags interval; " if interval else ""
     elements = f" elements = {{ {', '.join(str(n) for n in nets)} }};" if nets else ""
     return f"\tset {name} {{ type {family}_addr; {flags}{elements.strip()} }}\n"
@@ -185,8 +185,8 @@ def build(allow4, allow6, dns, dhcp, label=""):
     text = [f"# mayday network isolation{': ' + label if label else ''}. Undo: mayday lockdown lift, or\n"
             f"# nft delete table inet {TABLE}\n",
             f"add table inet {TABLE}\n", f"delete table inet {TABLE}\n", f"table inet {TABLE} {{\n",
-            _set("allow4", "ipv4", allow4), _set("allow6", "ipv6", allow6),
-            _set("dns4", "ipv4", dns4, False), _set("dns6", "ipv6", dns6, False)]
+            set_text("allow4", "ipv4", allow4), set_text("allow6", "ipv6", allow6),
+            set_text("dns4", "ipv4", dns4, False), set_text("dns6", "ipv6", dns6, False)]
     for name, rules in (("input", inp), ("output", out), ("forward", [])):
         text.append(f"\tchain {name} {{\n\t\t{hook.format(name)}\n")
         text.extend(f"\t\t{rule}\n" for rule in rules)

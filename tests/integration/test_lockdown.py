@@ -17,7 +17,7 @@ import time
 from collections.abc import Generator
 
 import pytest
-from lab_helpers import Mayday, dexec
+from lab_helpers import APP, Mayday, dexec
 from test_db_emergencies import (
     DB1,
     LEASES,
@@ -40,6 +40,7 @@ WEB = ("web1", "web2")
 ALL = (*WEB, DB1, PG1)
 RECORD = "/var/lib/mayday/lockdown.json"
 LIMIT_CONF = "/etc/nginx/conf.d/mayday-rate-limit.conf"
+GUARD = "inet mayday_dbguard"
 SSH_TREE = "find /etc/ssh -type f | sort | xargs sha256sum; stat -c '%a %U %n' /etc/ssh/sshd_config.d/*"
 
 
@@ -50,6 +51,18 @@ def burst_codes(host: str, count: int = 40) -> list[str]:
 
 def nginx_config(host: str) -> str:
     return hashlib.sha256(sh(host, "nginx -T 2>/dev/null").encode()).hexdigest()
+
+
+def reaches(source: str, target: str, port: int) -> bool:
+    """A TCP connection from one lab host to another's port (bash's /dev/tcp; a reset fails at once)."""
+    return sh(source, f"timeout 5 bash -c '</dev/tcp/{target}/{port}' 2>/dev/null && echo open || echo shut",
+              check=False).strip() == "open"
+
+
+def app_reads(host: str) -> bool:
+    """The app's own code (release v1's db.php, as www-data) reads from MariaDB and through pgbouncer."""
+    php = ('require "lib/db.php"; app_db()->query("SELECT 1"); app_pg_query(app_pg(), "SELECT 1", []); echo "read";')
+    return sh(host, f"cd {APP}/releases/v1 && runuser -u www-data -- php -r '{php}'", check=False).strip() == "read"
 
 
 def record_mode(host: str) -> str:
@@ -63,6 +76,7 @@ def state() -> dict[str, object]:
         "records": {h: sh(h, f"cat {RECORD} 2>/dev/null || echo none") for h in ALL},
         "leases": {h: sorted(leases(h)["records"]) for h in ALL},
         "read_only": (my_read_only(), pg_read_only()),
+        "nft": {h: sh(h, "nft -s list ruleset") for h in (DB1, PG1)},
     }
 
 
@@ -73,7 +87,7 @@ def no_lockdown() -> None:
         sh(host, f"""for u in $(systemctl list-units 'mayday-lease-*' --all --plain --no-legend | awk '{{print $1}}')
             do systemctl stop "$u"; done; rm -f {LEASES}/*.json /var/lib/mayday/run.lock -r""", check=False)
     for host in (DB1, PG1):
-        sh(host, f"rm -f {RECORD}", check=False)
+        sh(host, f"rm -f {RECORD}; nft 'add table {GUARD}; delete table {GUARD}'", check=False)
     back_to_normal()
 
 
@@ -112,11 +126,17 @@ def test_lockdown_rate_limit_and_db_restrict_then_one_at_a_time_confirm_and_lift
         assert "429" in codes and codes[0] != "429", f"{host}: no rate limit seen: {codes}"
     assert my_read_only() == "1" and pg_read_only().endswith("=on")
     assert not my_write_as_app("lock-my") and not pg_write_as_app("lock-pg")
+    # The database ports answer the app hosts only: web1 gets in, pg1 and db1 (not app hosts) do not.
+    assert reaches("web1", DB1, 3306) and reaches("web2", PG1, 6432)
+    assert not reaches(PG1, DB1, 3306) and not reaches(DB1, PG1, 6432)
+    assert app_reads("web1"), "the app host lost its database"
     for host in ALL:
         assert record_mode(host) == "600"
         found = [r["doc"] for r in leases(host)["records"].values()]
-        assert len(found) == 1 and found[0]["incident"] == incident, f"{host}: {found}"
-        assert abs(found[0]["expires_epoch"] - (started + 1200)) < 90
+        # web: the rate limit; db1, pg1: read-only and the port guard.
+        assert len(found) == (1 if host in WEB else 2), f"{host}: {found}"
+        assert {f["incident"] for f in found} == {incident}, f"{host}: {found}"
+        assert all(abs(f["expires_epoch"] - (started + 1200)) < 90 for f in found)
 
     during = state()
     again = calm.run("lockdown", "--rate-limit")
@@ -131,6 +151,7 @@ def test_lockdown_rate_limit_and_db_restrict_then_one_at_a_time_confirm_and_lift
     for host in ALL:
         assert leases(host) == {"records": {}, "timers": []}, f"{host}: confirm left a lease that would undo it"
     assert "429" in burst_codes("web2") and my_read_only() == "1", "confirm undid the lockdown"
+    assert not reaches(PG1, DB1, 3306), "confirm undid the database guard"
 
     out = calm.run("lockdown", "lift")
     assert out.returncode == 0, out.stdout + out.stderr
@@ -138,6 +159,8 @@ def test_lockdown_rate_limit_and_db_restrict_then_one_at_a_time_confirm_and_lift
     assert "429" not in burst_codes("web1")
     assert my_read_only() == "0" and pg_read_only() == ""
     assert my_write_as_app("lock-my-after") and pg_write_as_app("lock-pg-after")
+    assert reaches(PG1, DB1, 3306) and reaches(DB1, PG1, 6432)
+    assert {h: sh(h, "nft -s list ruleset") for h in (DB1, PG1)} == before["nft"], "lift left a table behind"
     assert all(record_mode(h) == "none" for h in ALL)
     again = calm.run("lockdown", "lift")
     assert again.returncode == 2, "a lift with no lockdown active should be refused"
