@@ -210,3 +210,12 @@ def test_evidence_first_then_isolation_and_lift_restores_the_ruleset(calm: Mayda
     report = calm.last_report()
     assert report["results"]["web2"]["evidence_skipped_reason"] == "disk full"
     assert not (calm.state_dir / "incidents" / report["incident"] / "evidence").exists()
+
+
+@pytest.mark.parametrize("command", [["lockdown", "--rate-limit"], ["lockdown", "lift"],
+                                     ["security", "account", "alice"], ["security", "rotate"]])
+def test_security_commands_on_production_need_yes(mayday: Mayday, command: list[str]) -> None:
+    out = mayday.run(*command, "-i", "production")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "--yes" in out.stderr
+    assert not (mayday.state_dir / "incidents").exists() or not mayday.reports(), "a run started without --yes"
