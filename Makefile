@@ -11,7 +11,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_FORCE_COLOR := false
 export PY_COLORS := 0
 
-.PHONY: demo test venv host image lint unit molecule integration bench clean
+.PHONY: demo test venv host image eda lint unit molecule integration bench clean
 
 ## make demo: deploy a broken release on the lab, roll it back with `mayday level1`, print the report
 demo: venv host image
@@ -37,25 +37,37 @@ $(PY_STAMP): pyproject.toml
 
 venv: $(PY_STAMP)
 
+# ansible-rulebook (Event-Driven Ansible) runs on Java: installed only where a Java runtime is, else
+# tests/integration/test_eda.py skips and says what is missing.
+EDA_STAMP := $(VENV)/.eda-installed-1.3.2
+eda: venv
+	@if command -v java >/dev/null 2>&1; then \
+	  test -e $(EDA_STAMP) || { $(BIN)/pip install -q 'ansible-rulebook==1.3.2' && touch $(EDA_STAMP); }; \
+	else echo "eda: no java on PATH: ansible-rulebook not installed; tests/integration/test_eda.py will skip"; fi
+
 host:
 	bash $(LAB)/host-deps.sh
 
 image: host
 	bash $(LAB)/image/build.sh
 
-lint: venv
+lint: venv image
 	$(BIN)/yamllint -s .
 	$(BIN)/ansible-lint --profile production -q
 	$(BIN)/ruff check cli plugins tests bench molecule
 	$(BIN)/mypy
+	/usr/bin/docker run --rm --network none -v $(CURDIR)/monitoring:/m/monitoring:ro -w /m --entrypoint promtool \
+	  mayday-lab-mon:latest check rules $(wildcard monitoring/rules/*.yml)
+	/usr/bin/docker run --rm --network none -v $(CURDIR)/monitoring:/m/monitoring:ro -w /m --entrypoint promtool \
+	  mayday-lab-mon:latest test rules $(wildcard monitoring/tests/*.yml)
 
-unit: venv
+unit: venv eda
 	$(BIN)/pytest -q tests/unit
 
 molecule: venv host image
 	$(BIN)/molecule test --all
 
-integration: venv host image
+integration: venv host image eda
 	$(BIN)/pytest -q -n 2 --dist loadfile tests/integration
 
 bench: venv host image

@@ -14,9 +14,10 @@ from rich.console import Console
 
 from mayday import inventory as inv
 from mayday import lab as lab_mod
-from mayday import locks
+from mayday import locks, notify_cli
+from mayday import serve as serve_mod
 from mayday.errors import BadInput, MaydayError
-from mayday.history import in_progress, load_runs
+from mayday.history import history_lines, in_progress, load_runs
 from mayday.runner import Progress, RunResult, run_playbook
 from mayday.scenarios import SCENARIOS, Scenario
 
@@ -227,11 +228,8 @@ def history(as_json: bool, count: int) -> None:
     if not runs:
         err.print("no runs recorded yet")
         return
-    click.echo(f"{'run':<25} {'started':<24} {'scenario':<18} {'outcome':<10} {'duration':>9}  incident")
-    for r in runs:
-        click.echo(f"{r['run_id']:<25} {r.get('started') or '':<24} {r.get('scenario') or '':<18} "
-                   f"{r.get('outcome') or r.get('status') or '':<10} {r.get('duration_s') or 0:>8}s  "
-                   f"{r.get('incident') or '-'}")
+    for line in history_lines(runs):
+        click.echo(line)
 
 
 @cli.command()
@@ -329,6 +327,12 @@ def evidence_verify(where: str, as_json: bool) -> None:
 
 
 cli.add_command(lab_mod.lab)
+cli.add_command(notify_cli.notify_group)
+
+# Alert-triggered response (mayday.serve): the receiver, approvals, policies.
+cli.add_command(serve_mod.serve)
+cli.add_command(serve_mod.approve)
+cli.add_command(serve_mod.policy_group)
 
 
 def main() -> None:

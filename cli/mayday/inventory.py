@@ -66,6 +66,7 @@ def environment_of(path: Path) -> str:
 
     The playbooks check it again (preflight role), so this only decides whether to ask.
     """
+    found = "unknown"  # the last file wins, as in Ansible (group_vars/all/ files in lexical order)
     for file in _yaml_files(path):
         try:
             doc = yaml.safe_load(file.read_text()) or {}
@@ -75,8 +76,8 @@ def environment_of(path: Path) -> str:
             continue
         for candidate in (doc, (doc.get("all") or {}).get("vars") or {}):
             if isinstance(candidate, dict) and "mayday_environment" in candidate:
-                return str(candidate["mayday_environment"])
-    return "unknown"
+                found = str(candidate["mayday_environment"])
+    return found
 
 
 def load(path: Path) -> Inventory:

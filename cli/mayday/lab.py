@@ -1,8 +1,12 @@
-"""The built-in lab: systemd containers web1..N, db1 and pg1 on one Docker network.
+"""The built-in lab: systemd containers web1..N, db1 and pg1 on one Docker network, and mon1 watching them.
 
 MAYDAY_LAB_NAME (default mayday-lab) names the Docker network and prefixes the containers
 (<name>-web1, ...), so several labs can live side by side on one engine. Images stay
-mayday-lab-{web,db,pg}.
+mayday-lab-{web,db,pg,mon}.
+
+mon1 runs Prometheus and Alertmanager (configured from monitoring/, see mayday.lab_monitoring); its
+Alertmanager sends every alert to `mayday serve` on this controller, at the lab network's gateway, port
+MAYDAY_SERVE_PORT (default 9753), with the bearer token kept in serve_token_path().
 
 The lab is also reachable the way real hosts are: over SSH as the non-root user `mayday` with sudo
 (inventories/lab-ssh). Its controller key and known_hosts live in <checkout>/.mayday-lab/<name>/ssh/
@@ -15,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import subprocess
 import time
 from pathlib import Path
@@ -22,14 +27,15 @@ from typing import Any
 
 import click
 
+from mayday import lab_monitoring as mon
 from mayday.errors import BadInput, MaydayError
 from mayday.inventory import RELEASE_ID
-from mayday.paths import LAB_DIR, project_root
+from mayday.paths import LAB_DIR, project_root, state_dir
 
 DOCKER = "/usr/bin/docker"
 DEFAULT_NAME = "mayday-lab"
 LAB_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,40}$")
-HOST_NAME = re.compile(r"^(web[0-9]+|db1|pg1)$")
+HOST_NAME = re.compile(r"^(web[0-9]+|db1|pg1|mon1)$")
 HOST_KEY = "/etc/ssh/ssh_host_ed25519_key.pub"
 # Run flags that let systemd be PID 1 without --privileged (which fails on these machines).
 SYSTEMD_FLAGS = [
@@ -67,9 +73,14 @@ def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return out
 
 def lab_hosts(web_count: int) -> dict[str, str]:
+    """The inventory's hosts (inventories/lab) and their roles; mon1 is the lab's, not the inventory's."""
     hosts = {f"web{n}": "web" for n in range(1, web_count + 1)}
     hosts.update(db1="db", pg1="pg")
     return hosts
+
+
+def lab_containers(web_count: int) -> dict[str, str]:
+    return {**lab_hosts(web_count), mon.MON_HOST: "mon"}
 
 def ensure_engine_and_image() -> None:
     for script in ("host-deps.sh", "image/build.sh"):
@@ -120,7 +131,7 @@ def up(web_count: int = 2) -> list[str]:
     if found.returncode != 0:
         docker("network", "create", *ipv6_flags(network), network)
     started = []
-    for name, role in lab_hosts(web_count).items():
+    for name, role in lab_containers(web_count).items():
         current = state(name)
         if current == "running" and has_net_admin(prefix() + name):
             continue
@@ -130,11 +141,11 @@ def up(web_count: int = 2) -> list[str]:
                "--network-alias", name, "--label", "mayday.lab=1", "--label", f"mayday.lab.name={network}",
                *SYSTEMD_FLAGS, f"mayday-lab-{role}:latest")
         started.append(name)
-    wait_booted(list(lab_hosts(web_count)), timeout=90 + 5 * web_count)  # systemd boots queue on 2 cores
+    wait_booted(list(lab_containers(web_count)), timeout=90 + 5 * web_count)  # systemd boots queue on 2 cores
     return started
 
 def containers() -> list[str]:
-    """This lab's containers (and no other lab's): <name>-web<N>, <name>-db1, <name>-pg1."""
+    """This lab's containers (and no other lab's): <name>-web<N>, <name>-db1, <name>-pg1, <name>-mon1."""
     names = docker("ps", "-a", "--filter", "label=mayday.lab=1", "--format", "{{.Names}}", check=False).stdout.split()
     return [n for n in names if n.startswith(prefix()) and HOST_NAME.match(n.removeprefix(prefix()))]
 
@@ -217,6 +228,80 @@ def run_lab_playbook(playbook: str, extravars: dict[str, Any], inventory: str | 
     if out.returncode != 0:
         raise MaydayError(f"{playbook} failed:\n{out.stdout[-3000:]}{out.stderr[-2000:]}")
 
+def lab_db_password() -> str:
+    """The lab databases' password (inventories/lab/group_vars/all: mayday_lab_db_password)."""
+    return os.environ.get("MAYDAY_LAB_DB_PASSWORD") or "lab-only-not-a-secret"
+
+
+def serve_token_path() -> Path:
+    """The bearer token mon1's Alertmanager sends to `mayday serve`: <state dir>/lab/<lab name>/serve-token."""
+    return state_dir() / "lab" / lab_name() / "serve-token"
+
+
+def ensure_serve_token() -> str:
+    """The serve token, made (random, 0600, in a 0700 directory) when missing, and returned."""
+    path = serve_token_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
+    if not path.exists() or not path.read_text().strip():
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(32))
+        tmp.replace(path)  # whole or not at all for a reader (`mayday serve`)
+    path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def gateway_ipv4(network: str) -> str:
+    """The lab network's IPv4 gateway: this controller, as the containers reach it."""
+    out = docker("network", "inspect", "-f", "{{json .IPAM.Config}}", network, check=False)
+    configs = json.loads(out.stdout) if out.returncode == 0 and out.stdout.strip() else []
+    for config in configs or []:
+        if "." in (config.get("Gateway") or ""):
+            return str(config["Gateway"])
+    raise MaydayError(f"the lab network {network} has no IPv4 gateway (docker network inspect {network})")
+
+
+def container_ip(name: str) -> str:
+    """The container's IPv4 address on the lab network ('' when it has none)."""
+    out = docker("inspect", "-f", "{{json .NetworkSettings.Networks}}", prefix() + name, check=False)
+    networks = json.loads(out.stdout) if out.returncode == 0 and out.stdout.strip() else {}
+    return str((networks.get(lab_name()) or {}).get("IPAddress") or "")
+
+
+def monitoring_urls() -> dict[str, str]:
+    """Where the controller reaches mon1's Prometheus and Alertmanager."""
+    ip = container_ip(mon.MON_HOST)
+    if not ip:
+        return {}
+    return {"prometheus": f"http://{ip}:{mon.PROMETHEUS_PORT}", "alertmanager": f"http://{ip}:{mon.ALERTMANAGER_PORT}"}
+
+
+def configure_monitoring(web_count: int) -> dict[str, str]:
+    """mon1 watching this lab and alerting this controller's `mayday serve`. When nothing changed (the
+    same hash as the last time), one `docker exec` that makes sure the services run; otherwise the new
+    files are checked in mon1 (promtool, amtool) before any goes live, and only their services restart.
+    Returns the URLs of Prometheus, Alertmanager and the receiver."""
+    spec = mon.MonSpec(
+        web_hosts=tuple(h for h, role in lab_hosts(web_count).items() if role == "web"),
+        serve_host=gateway_ipv4(lab_name()), serve_port=mon.serve_port(os.environ),
+        health_window=mon.health_for(os.environ), db_password=lab_db_password(), token=ensure_serve_token())
+    files = mon.render(spec, project_root())
+    units = mon.units(spec)
+    applied = mon.digest(files, units)
+    container = prefix() + mon.MON_HOST
+    same = docker("exec", container, "sh", "-c",
+                  f'[ "$(cat {mon.APPLIED} 2>/dev/null)" = {applied} ] && systemctl start {" ".join(units)}',
+                  check=False)
+    if same.returncode != 0:
+        out = subprocess.run([DOCKER, "exec", "-i", container, "sh", "-c", mon.APPLY_SCRIPT],
+                             input=mon.bundle(files, units, applied), capture_output=True, check=False)
+        if out.returncode != 0:
+            raise MaydayError(f"configuring {container} failed:\n{out.stderr.decode(errors='replace')[-3000:]}")
+    return {**monitoring_urls(), "receiver": f"http://{spec.serve_host}:{spec.serve_port}/alertmanager"}
+
+
 @click.group()
 def lab() -> None:
     """The built-in lab: real systemd containers with nginx, php-fpm, MariaDB, PostgreSQL."""
@@ -226,11 +311,17 @@ def lab() -> None:
               help="How many web hosts (at least web1 and web2, the lab inventory's; more for fleets).")
 def lab_up(web_count: int) -> None:
     """Start the lab (installs the engine and builds the image when needed)."""
+    # Bad monitoring settings refuse before anything starts.
+    mon.serve_port(os.environ)
+    mon.health_for(os.environ)
     started = up(web_count)
     key = ensure_ssh_key()
     run_lab_playbook("setup.yml", {"lab_ssh_public_key_file": f"{key}.pub"})
     no_sshd = write_known_hosts(list(lab_hosts(web_count)))
-    click.echo(f"lab up: {', '.join(lab_hosts(web_count))} (started now: {', '.join(started) or 'none'})")
+    urls = configure_monitoring(web_count)
+    click.echo(f"lab up: {', '.join(lab_containers(web_count))} (started now: {', '.join(started) or 'none'})")
+    click.echo(f"lab up: Prometheus {urls.get('prometheus', '?')}, Alertmanager {urls.get('alertmanager', '?')}; "
+               f"alerts go to {urls['receiver']} (bearer token in {serve_token_path()})")
     if no_sshd:
         click.echo(f"lab up: no sshd on {', '.join(no_sshd)} (containers of an older image): inventories/lab-ssh "
                    "cannot reach them; `mayday lab down` then `mayday lab up` recreates them", err=True)
@@ -251,10 +342,14 @@ def lab_status() -> None:
     for full in sorted(names):
         name = full.removeprefix(prefix())
         services = docker("exec", full, "sh", "-c",
-                          "for s in nginx php8.2-fpm mariadb postgresql pgbouncer ssh; do "
-                          "systemctl is-enabled -q $s 2>/dev/null && echo $s=$(systemctl is-active $s); done",
-                          check=False).stdout.split()
+                          f"for s in nginx php8.2-fpm mariadb postgresql pgbouncer ssh {' '.join(mon.PACKAGE_UNITS)} "
+                          "$(systemctl list-units --plain --no-legend 'mayday-nginx-exporter@*' | cut -d' ' -f1); "
+                          "do systemctl is-enabled -q $s 2>/dev/null && echo ${s%.service}=$(systemctl is-active $s); "
+                          "done", check=False).stdout.split()
         click.echo(f"{name:<6} {state(name):<8} {' '.join(services)}")
+    urls = monitoring_urls() if state(mon.MON_HOST) == "running" else {}
+    if urls:
+        click.echo(f"Prometheus {urls['prometheus']}, Alertmanager {urls['alertmanager']}")
 
 # Load for tests and benchmarks, bounded in clients and seconds: it stops by itself.
 # PostgreSQL: pgbench (TPC-B) as the app's role through pgbouncer on pg1, a log line per transaction.
@@ -301,7 +396,7 @@ print(f"processed={done[0]} failed={failed[0]} max_us={int(worst[0] * 1e6)}")
 def load(engine: str, clients: int, seconds: int, connect_each: bool = False) -> dict[str, Any]:
     """Runs a bounded load on the lab's database host and returns what it saw (transactions, failures,
     clients aborted, the longest transaction)."""
-    password = os.environ.get("MAYDAY_LAB_DB_PASSWORD") or "lab-only-not-a-secret"
+    password = lab_db_password()
     if engine == "postgresql":
         script = PGBENCH.format(connect="-C" if connect_each else "", clients=clients, seconds=seconds)
         out = docker("exec", "-e", f"LOAD_PASSWORD={password}", prefix() + "pg1", "bash", "-c", script).stdout

@@ -11,6 +11,7 @@ import os
 import time
 from typing import Any
 
+from mayday import timing
 from mayday.paths import state_dir as _state_path
 
 
@@ -130,15 +131,18 @@ def close_incident(incident_dir: str, outcome: str, summary: str, extra: dict[st
     events = read_timeline(incident_dir)
     closed = utc_now()
     report = dict(meta)
+    downtime = measure_downtime(events)
     report.update(
         outcome=outcome,
         summary=summary,
         closed=closed,
         duration_s=round(parse_utc(closed) - parse_utc(meta["opened"]), 1),
-        downtime=measure_downtime(events),
+        downtime=downtime,
         steps=_steps(events),
         **extra,
     )
+    if meta.get("alert"):  # started by an alert (mayday serve, or -e mayday_alert=...)
+        report["alert_timing"] = timing.alert_timing(meta["alert"], meta["opened"], events, downtime, outcome)
     report["hosts"] = sorted({e["host"] for e in events if e.get("host")} | set(meta.get("hosts") or []))
     _write_json(os.path.join(incident_dir, "report.json"), report)
     with open(os.path.join(incident_dir, "report.md"), "w") as handle:
@@ -170,6 +174,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         "",
         r.get("summary") or "-",
         "",
+        *_alert_lines(r),
         "## Timeline",
         "",
         "| started (UTC) | duration | host | phase | step | result | detail |",
@@ -182,6 +187,20 @@ def render_markdown(r: dict[str, Any]) -> str:
     lines += ["", "## Root cause", "", "_To be written in the postmortem._", "",
               "## Action items", "", "- [ ] _owner, due date_", ""]
     return "\n".join(lines)
+
+
+def _alert_lines(r: dict[str, Any]) -> list[str]:
+    """Detection and response, for a run an alert started."""
+    alert, found = r.get("alert") or {}, r.get("alert_timing")
+    if not found:
+        return []
+    named = ", ".join(f"{k} {alert[k]}" for k in ("alertname", "fingerprint", "rule", "request") if alert.get(k))
+    lines = ["## Detection and response", "", f"Started by an alert: {named or '-'}.", "",
+             "| when | UTC |", "| --- | --- |"]
+    lines += [f"| {label} | {found.get(key) or '-'} |" for key, label in timing.INSTANTS]
+    lines += ["", "| interval | seconds | from, to |", "| --- | ---: | --- |"]
+    lines += [f"| {label} | {timing.seconds_text(found.get(key))} | {what} |" for key, label, what in timing.INTERVALS]
+    return [*lines, ""]
 
 
 def write_run(run_id: str, doc: dict[str, Any]) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 
 from mayday.outcomes import EXIT_CODES
 from mayday.paths import project_root, state_dir
+from mayday.redact_env import scrub_command_artifact
 
 # Tasks whose per-host results the CLI shows itself (backups taken, host locks).
 COLLECTED_ACTIONS = {"mayday_db", "mayday_host_lock", "mayday_lease", "mayday_lockdown"}
@@ -103,7 +104,13 @@ def run_playbook(
     failures: list[str] = []
     results: list[dict[str, Any]] = []
 
+    scrubbed = False
+
     def handle(event: dict[str, Any]) -> bool:
+        nonlocal scrubbed
+        if not scrubbed:  # the runner has written the environment to its command file: hide secrets now
+            scrubbed = True
+            scrub_command_artifact(runs / run_id / "command")
         data = event.get("event_data") or {}
         kind = event.get("event")
         if kind == "playbook_on_task_start":
@@ -150,6 +157,7 @@ def run_playbook(
         )
     finally:
         shutil.rmtree(private, ignore_errors=True)
+        scrub_command_artifact(runs / run_id / "command")
     duration = time.monotonic() - started
     record_path = runs / run_id / "mayday-run.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}

@@ -19,7 +19,7 @@ from ansible.plugins.action import ActionBase
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _mayday_path  # noqa: F401
 
-from mayday import locks, notify, records, rules, verdict
+from mayday import locks, notify, records, rules, timing, verdict
 from mayday.scenarios import SCENARIOS
 
 
@@ -61,6 +61,9 @@ class ActionModule(ActionBase):
 
     def _open(self, scenario, args, task_vars) -> dict[str, Any]:
         params, problems = scenario.check(self._given(scenario, task_vars))
+        # Started by an alert (mayday serve, or -e @alert.json): the report times detection and response.
+        alert, alert_problems = timing.check_alert(_plain(self._templar.template(task_vars.get("mayday_alert"))))
+        problems = problems + alert_problems
         try:
             title = scenario.title.format(**params)
         except (KeyError, IndexError):
@@ -78,6 +81,7 @@ class ActionModule(ActionBase):
             "operator": os.environ.get("MAYDAY_OPERATOR") or getpass.getuser(),
             "run_id": os.environ.get("MAYDAY_RUN_ID"),
             "params": params,
+            **({"alert": alert} if alert else {}),
         })
         refusals = [f"bad input: {p}" for p in problems]
         environment = self._templar.template(task_vars.get("mayday_environment", "unknown"))
@@ -195,10 +199,18 @@ class ActionModule(ActionBase):
                     else f"{opened.get('incident_id')} {label} {found.outcome}: ") + found.summary
             if args.get("with_downtime"):
                 text += f" Downtime {downtime['seconds'] if downtime.get('seconds') is not None else 'unknown'} s."
+            # What, where, why, the undo command and the severity that routes it (mayday.notify).
+            context = notify.incident_fields(
+                records.read_json(os.path.join(incident_dir, "incident.json")), found.outcome, found.summary,
+                params=opened.get("params") or {}, extra=_plain(args.get("extra") or {}),
+                why=str(self._templar.template(task_vars.get("mayday_trigger")) or ""),
+                environment=str(self._templar.template(task_vars.get("mayday_environment")) or ""),
+                report=os.path.join(incident_dir, "report.md"))
             delivered = notify.send(list(channels or []), text, "escalation" if escalate else "resolved",
-                                    opened.get("incident_id"), {"outcome": found.outcome,
-                                                                "downtime_s": downtime.get("seconds"), **fields},
-                                    dry_run=check_mode)
+                                    opened.get("incident_id"), {**context, "downtime_s": downtime.get("seconds"),
+                                                                **fields},
+                                    dry_run=check_mode, fallback=self._templar.template(
+                                        task_vars.get("mayday_notify_fallback")))
             records.append_event(incident_dir, {
                 "started": records.utc_now(), "duration_s": 0, "host": None, "phase": "Notify",
                 "step": f"tell the team ({'escalation' if escalate else 'resolved'})",
@@ -207,7 +219,8 @@ class ActionModule(ActionBase):
         else:
             delivered = []
         extra = {"params": opened.get("params") or {}, "refusals": found.refusals, "failures": found.failures,
-                 "results": found.hosts, "notified": delivered, **_plain(args.get("extra") or {})}
+                 "results": found.hosts, "notified": delivered, "notify_failed": notify.failed_channels(delivered),
+                 **_plain(args.get("extra") or {})}
         report = records.close_incident(incident_dir, found.outcome, found.summary, extra)
         if (opened.get("lock") or {}).get("taken"):
             locks.release(sources, os.getppid())

@@ -16,6 +16,7 @@ import _mayday_path  # noqa: F401
 
 from mayday import locks
 from mayday import records as mayday_records
+from mayday.scenarios import SCENARIOS
 
 DOCUMENTATION = r"""
 name: mayday_timeline
@@ -25,6 +26,8 @@ description:
   - Appends one event per task and host to incidents/<id>/timeline.jsonl once a mayday_incident
     task has opened the incident, and writes runs/<run id>/mayday-run.json.
   - The state directory is MAYDAY_STATE_DIR, else .mayday in the working directory.
+  - Progress updates (mayday.notify_progress) go to the run's notification channels that want
+    them, at phase changes; with none, nothing more is done per task.
 requirements: [enable in ansible.cfg callbacks_enabled]
 """
 
@@ -57,10 +60,59 @@ class CallbackModule(CallbackBase):
         self.pending = []
         self.task_started = {}
         self.failed_hosts = set()
+        self.play = None
+        self.progress = None
 
     def v2_playbook_on_start(self, playbook):
         self.playbook = os.path.basename(playbook._file_name)
         self._write_run(status="running")
+
+    def v2_playbook_on_play_start(self, play):
+        self.play = play
+
+    def v2_playbook_on_task_start(self, task, is_conditional):
+        if self.progress is not None:
+            self.progress.tick(_phase(task.name or ""))  # get_name() prefixes the role's name
+
+    # -- progress updates -----------------------------------------------------------------------
+    def _run_channels(self, result, incident_dir):
+        """This run's channels (the security ones for a security scenario), templated as the finish
+        stage sees them: inventory, vault, extra vars. Kept in memory only: they hold secrets."""
+        from ansible.template import Templar
+
+        meta = mayday_records.read_json(os.path.join(incident_dir, "incident.json"))
+        name = str(meta.get("scenario") or "")
+        scenario = SCENARIOS.get(name) or SCENARIOS.get(name.split("-")[0])  # level2-database: level2
+        play = self.play
+        assert play is not None
+        variables = play.get_variable_manager().get_vars(play=play, host=result._host, task=result._task,
+                                                         include_hostvars=False)
+        templar = Templar(loader=play._loader, variables=variables)
+        channels = templar.template(variables.get("mayday_notify_channels") or [])
+        if scenario is not None and scenario.channel == "security":
+            channels = templar.template(variables.get("mayday_notify_channels_security") or []) or channels
+        return [c for c in channels if isinstance(c, dict)] if isinstance(channels, list) else []
+
+    def _start_progress(self, result, opened):
+        self._stop_progress()
+        if self.play is None or result._task.check_mode:
+            return
+        try:
+            from mayday import notify_progress
+
+            channels = self._run_channels(result, opened["dir"])
+            self.progress = notify_progress.for_incident(channels, opened["dir"], self.t0)
+        except Exception as exc:  # progress is a courtesy: it never breaks the run
+            self._display.warning(f"mayday: no progress updates ({type(exc).__name__})")
+            self.progress = None
+
+    def _stop_progress(self):
+        if self.progress is None or self.incident is None:
+            return
+        report = os.path.join(self.incident["dir"], "report.json")
+        outcome = mayday_records.read_json(report).get("outcome") if os.path.exists(report) else "ended"
+        self.progress.close(outcome or "ended")
+        self.progress = None
 
     def v2_runner_on_start(self, host, task):
         self.task_started[(host.get_name(), task._uuid)] = (mayday_records.utc_now(), time.monotonic())
@@ -73,8 +125,10 @@ class CallbackModule(CallbackBase):
         if opened and opened != self.incident:
             # A second incident in one run is a hand-over (performance -> Level 1): its events go to it.
             self._flush()
+            self._stop_progress()
             self.incident = opened
             self.incidents.append(opened["id"])
+            self._start_progress(result, opened)
         if status == "ok" and task.action in QUIET_ACTIONS:
             return
         name = task.name or task.action
@@ -123,6 +177,7 @@ class CallbackModule(CallbackBase):
         hosts = sorted(stats.processed.keys())
         summary = {h: stats.summarize(h) for h in hosts}
         failed = any(s["failures"] or s["unreachable"] for s in summary.values())
+        self._stop_progress()
         self._write_run(status="failed" if failed else "successful", stats=summary)
 
     def _write_run(self, status, stats=None):

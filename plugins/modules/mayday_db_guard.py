@@ -9,7 +9,7 @@ short_description: Let only the app hosts (and the management allowlist) reach t
 description:
   - I(state=on) resolves the app hosts' names on this host (what their packets come from), refuses
     before any change when one does not resolve or the list is empty, grants a lease (key
-    C(db-guard)) whose revert deletes the table, then loads the table C(inet mayday_dbguard): on the
+    C(db-guard)) whose revert deletes the table, then loads the table C(inet mayday_dbguard); on the
     I(ports), loopback, the app hosts' addresses and I(allow) are accepted, everything else is
     rejected with a TCP reset (clients fail at once instead of hanging).
   - The table lives in memory only; a restart ends it. Turning it on again replaces the table and

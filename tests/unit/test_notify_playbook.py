@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import pytest
+from receivers import HttpRecorder, closed_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ANSIBLE_PLAYBOOK = os.path.join(REPO, ".venv", "bin", "ansible-playbook")
@@ -49,47 +46,10 @@ PLAYBOOK = """\
 """
 
 
-class Recorder(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def do_POST(self):
-        length = int(self.headers.get("Content-Length") or 0)
-        self.server.received.append(  # type: ignore[attr-defined]
-            {
-                "path": self.path,
-                "content_type": self.headers.get("Content-Type"),
-                "body": self.rfile.read(length).decode(),
-            }
-        )
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-
-@pytest.fixture
-def recorder():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
-    httpd.daemon_threads = True
-    httpd.received = []  # type: ignore[attr-defined]
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
-
-
-def closed_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def test_notify_delivers_survives_dead_channel_and_hides_urls(tmp_path, recorder):
+def test_notify_delivers_survives_dead_channel_and_hides_urls(tmp_path, http_recorder: HttpRecorder):
     secret = "T0SECRET/B0TOKEN/xoxb-live-9f8e7d"
     dead_secret = "DEADSECRET-4a5b6c"
-    live = f"http://127.0.0.1:{recorder.server_address[1]}/hooks/{secret}"
+    live = f"{http_recorder.url}/hooks/{secret}"
     dead = f"http://127.0.0.1:{closed_port()}/hooks/{dead_secret}"
     log = tmp_path / "notify" / "incidents.jsonl"
     playbook = tmp_path / "notify.yml"
@@ -120,11 +80,11 @@ def test_notify_delivers_survives_dead_channel_and_hides_urls(tmp_path, recorder
     assert "failed=0" in proc.stdout
 
     # the live webhook got exactly one JSON message (none from the check-mode task)
-    assert len(recorder.received) == 1, recorder.received
-    hit = recorder.received[0]
-    assert hit["path"] == f"/hooks/{secret}"
-    assert hit["content_type"] == "application/json"
-    payload = json.loads(hit["body"])
+    assert len(http_recorder.requests) == 1, http_recorder.requests
+    hit = http_recorder.requests[0]
+    assert hit.path == f"/hooks/{secret}"
+    assert hit.headers["content-type"].startswith("application/json")
+    payload = hit.json
     assert payload["text"] == "web rolled back to v2"
     assert payload["event"] == "resolved"
     assert payload["incident"] == "INC-20250101-000000"
@@ -134,6 +94,10 @@ def test_notify_delivers_survives_dead_channel_and_hides_urls(tmp_path, recorder
     lines = log.read_text().splitlines()
     assert len(lines) == 1
     assert json.loads(lines[0]) == payload
+
+    # the dead channel's message went to the default fallback file after its retries
+    [rescued] = (tmp_path / "state" / "notifications-undelivered.jsonl").read_text().splitlines()
+    assert json.loads(rescued)["undelivered_on"] == ["dead"]
 
     # the dead channel is only a warning, and no target URL leaks into the output
     assert "notification not delivered on: dead" in output

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the lab images from Debian's archive alone: debootstrap -> docker import -> docker build.
 # Images are tagged by a hash of their inputs, so unchanged inputs skip the build.
-# Prints nothing but progress; the tags it guarantees are mayday-lab-{web,db,pg}:latest.
+# Prints nothing but progress; the tags it guarantees are mayday-lab-{web,db,pg,mon}:latest.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 docker=/usr/bin/docker
@@ -22,7 +22,7 @@ if ! "$docker" image inspect "$base_image" >/dev/null 2>&1; then
   tar -C "$rootfs" -c . | "$docker" import - "$base_image" >/dev/null
 fi
 
-for target in web db pg; do
+for target in web db pg mon; do
   image="mayday-lab-$target"
   if ! "$docker" image inspect "$image:$layer_hash" >/dev/null 2>&1; then
     echo "lab image: building $image:$layer_hash"
