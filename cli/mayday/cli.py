@@ -334,6 +334,11 @@ cli.add_command(serve_mod.serve)
 cli.add_command(serve_mod.approve)
 cli.add_command(serve_mod.policy_group)
 
+# Scheduled drills (mayday.drills).
+from mayday.drills.cli import drill_group  # noqa: E402
+
+cli.add_command(drill_group)
+
 
 def main() -> None:
     try:
