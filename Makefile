@@ -62,13 +62,13 @@ lint: venv image
 	  mayday-lab-mon:latest test rules $(wildcard monitoring/tests/*.yml)
 
 unit: venv eda
-	$(BIN)/pytest -q tests/unit
+	$(BIN)/pytest -q -n 2 tests/unit
 
 molecule: venv host image
 	$(BIN)/molecule test --all
 
 integration: venv host image eda
-	$(BIN)/pytest -q -n 2 --dist loadfile tests/integration
+	$(BIN)/pytest -q -n 3 --dist loadfile --durations=25 tests/integration
 
 bench: venv host image
 	$(BIN)/python bench/level1/run.py --sizes 1,10,25

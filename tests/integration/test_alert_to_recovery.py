@@ -34,7 +34,7 @@ settings:
   max_auto_runs_per_hour: 6
 rules:
   - name: level1-production-down
-    match: {scenario: level1}
+    match: {alertname: HealthCheckFailing}  # not the session's slower error-rate alerts (P1)
     scenario: level1
     mode: auto
     throttle: 0s  # the test's second fault comes a minute after the first

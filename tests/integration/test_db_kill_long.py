@@ -71,8 +71,9 @@ class Held:
 def sessions(host: str) -> dict[int, dict[str, Any]]:
     """The server's sessions: pid -> running (a statement runs), what."""
     if host == PG1:
-        out = docker("exec", PREFIX + PG1, *PG_SQL, "SELECT pid, state, query FROM pg_stat_activity "
-                     "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()").stdout
+        # One line a session: the monitoring exporter's queries span lines.
+        out = docker("exec", PREFIX + PG1, *PG_SQL, "SELECT pid, state, regexp_replace(query, '\\s+', ' ', 'g') "
+                     "FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()").stdout
         rows = [line.split("|", 2) for line in out.splitlines() if line.strip()]
         return {int(r[0]): {"running": r[1] == "active", "what": r[2]} for r in rows}
     out = docker("exec", PREFIX + DB1, *MY_SQL, "SELECT ID, COMMAND, COALESCE(INFO, '') FROM "

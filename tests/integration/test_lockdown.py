@@ -168,11 +168,12 @@ def test_lockdown_rate_limit_and_db_restrict_then_one_at_a_time_confirm_and_lift
 
 def test_unconfirmed_lockdown_is_undone_by_the_hosts_and_no_longer_counts(calm: Mayday) -> None:
     before = {h: nginx_config(h) for h in WEB}
-    out = playbook(calm, "security-lockdown.yml", "--limit", "web1", "-e", "rate_limit=true", "-e", "for=20s",
+    # 40 s: room for the run itself on a loaded machine before the burst that proves the limit.
+    out = playbook(calm, "security-lockdown.yml", "--limit", "web1", "-e", "rate_limit=true", "-e", "for=40s",
                    "-e", "mayday_lease_min=1s")
     assert out.returncode == 0, out.stdout[-3000:]
     assert "429" in burst_codes("web1")
-    wait_for("web1 removes the limit at the lease's end", lambda: nginx_config("web1") == before["web1"], 45)
+    wait_for("web1 removes the limit at the lease's end", lambda: nginx_config("web1") == before["web1"], 75)
     assert "429" not in burst_codes("web1")
     status = calm.run("lockdown", "status", "--json")
     assert status.returncode == 0, status.stdout + status.stderr
