@@ -272,7 +272,11 @@ for unit in $(systemctl list-units --all --plain --no-legend 'mayday-nginx-expor
 done
 systemctl enable -q $(cat units)
 sort -u restart | xargs -r systemctl restart
-sort -u reload | xargs -r systemctl reload-or-restart
+# A unit just restarted read every file already; a reload of it at once can race its start (a fresh
+# prometheus failed its SIGHUP reload), so only the others reload, and a failed reload restarts.
+sort -u reload | grep -vxF -f restart | while read -r unit; do
+  systemctl reload-or-restart "$unit" || systemctl restart "$unit"
+done
 systemctl start $(cat units)
 install -D -m 644 applied /etc/mayday-mon/applied
 cd /; rm -rf "$stage"
