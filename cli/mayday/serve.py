@@ -24,7 +24,7 @@ import click
 from mayday import alertmanager, audit, receiver
 from mayday import inventory as inv
 from mayday import policy as pol
-from mayday.errors import BadInput
+from mayday.errors import BadInput, MaydayError
 from mayday.paths import project_root, state_dir
 
 DEFAULT_PORT = 9753
@@ -89,14 +89,10 @@ def lab_gateway() -> str:
     """The lab network's IPv4 gateway: this controller, as the lab's containers reach it."""
     from mayday import lab
 
-    found = lab.docker("network", "inspect", lab.lab_name(), check=False)
-    if found.returncode != 0:
-        raise BadInput(f"the lab network {lab.lab_name()!r} does not exist: `mayday lab up` first, or --listen")
-    configs = (json.loads(found.stdout)[0].get("IPAM") or {}).get("Config") or []
-    gateways = [c.get("Gateway") for c in configs if c.get("Gateway") and ":" not in c.get("Gateway")]
-    if not gateways:
-        raise BadInput(f"the lab network {lab.lab_name()!r} has no IPv4 gateway; valid: --listen HOST:PORT")
-    return str(gateways[0])
+    try:
+        return lab.gateway_ipv4(lab.lab_name())
+    except MaydayError as exc:  # no lab network: bad input for serve (exit 2), with the way out
+        raise BadInput(f"{exc}: `mayday lab up` first, or --listen HOST:PORT") from None
 
 
 def default_port() -> int:
