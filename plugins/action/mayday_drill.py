@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from ansible.errors import AnsibleActionFail
+from ansible.errors import AnsibleActionFail, AnsibleError
 from ansible.plugins.action import ActionBase
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -107,11 +108,19 @@ class ActionModule(ActionBase):
             bad = [f"{e.get('host')}: {r['name']}: {'; '.join(r.get('problems') or [])}"
                    for e in evs for r in e.get("results") or [] if not r.get("ok")]
             bad += [f"{e.get('host')}: {e.get('msg')}" for e in evs if e.get("event") == "error"]
-            firing = hooks.firing_alerts(args.get("alerts_quiet") or [], task_vars)
+            by_alert = (args.get("recovery") or {}).get("by") == "alert"
+            # Rendered only when used: the lab's value asks Docker for mon1's address.
+            alert_vars = self._alert_vars(task_vars) if args.get("alerts_quiet") or by_alert else {}
+            firing = hooks.firing_alerts(args.get("alerts_quiet") or [], alert_vars, list(args.get("hosts") or []))
             if firing:
                 bad.append(f"alerts firing on the target: {', '.join(firing)}")
-            if bad:
-                reason = "steady state does not hold before the drill: " + "; ".join(bad)
+            refusals = ["steady state does not hold before the drill: " + "; ".join(bad)] if bad else []
+            if by_alert:
+                problem = hooks.serve_problem(alert_vars)
+                if problem:
+                    refusals.append(f"recovery by: alert, but the alert path cannot start it: {problem}")
+            if refusals:
+                reason = "; ".join(refusals)
                 journal.append(directory, {"event": "refused", "phase": "steady_before", "reason": reason,
                                            "ok": False})
                 reasons.append(reason)
@@ -126,6 +135,35 @@ class ActionModule(ActionBase):
                 reasons.append(reason)
         return {"go": not reasons, "reasons": reasons, "msg": "; ".join(reasons) or f"{phase}: go on"}
 
+    def _alert_vars(self, task_vars) -> dict[str, Any]:
+        """The inventory's alert-path settings, rendered (the lab computes them with lookups); '' when unset
+        or when the lookup fails (a lab without mon1): then no Alertmanager is known."""
+        found = {}
+        for name in ("mayday_alertmanager_url", "mayday_serve_url"):
+            try:
+                found[name] = str(self._templar.template(task_vars.get(name) or "")).strip()
+            except AnsibleError:  # an unrenderable setting is an unset one: the gate says what is missing
+                found[name] = ""
+        return found
+
+    def _await_alert(self, directory: Path, call, args, task_vars) -> dict[str, Any]:
+        facts = journal.facts_of(journal.events(directory))
+        sla = args.get("sla") or {}
+
+        def stopped() -> str:
+            for switch in (journal.controller_stop_file(), directory / journal.STOP_FILE):
+                if switch.exists():
+                    why = switch.read_text().strip() if switch.parent == directory else ""
+                    journal.append(directory, {"event": "stopped", "phase": "recover",
+                                               "reason": why or f"controller kill switch {switch}"})
+                    return why or f"controller kill switch {switch}"
+            return ""
+
+        return hooks.await_alert_recovery(
+            call, self._alert_vars(task_vars), list(args.get("hosts") or []), facts.injected_at or time.time(),
+            detect_window_s=float(sla.get("detect", 30)) * 1.5 + 5, recover_window_s=float(sla.get("recover", 900)),
+            stopped=stopped, record=lambda event: journal.append(directory, event))
+
     # -- scenario -----------------------------------------------------------------------------
     def _scenario(self, args, task_vars) -> dict[str, Any]:
         directory = self._dir(args)
@@ -133,7 +171,7 @@ class ActionModule(ActionBase):
         which = str(args.get("which", "recovery"))
         sources = [str(s) for s in task_vars.get("ansible_inventory_sources") or []]
         if which == "recovery" and call.get("by") == "alert":
-            outcome = hooks.await_alert_recovery(call, task_vars)
+            outcome = self._await_alert(directory, call, args, task_vars)
             journal.append(directory, {"event": "scenario", "phase": "recover", **outcome})
             return {"go": outcome.get("ok", False), "outcome": outcome}
         ran = runs.run_scenario(call["scenario"], call.get("params") or {}, sources[0] if sources else "",
@@ -147,6 +185,13 @@ class ActionModule(ActionBase):
     def _notify(self, args, task_vars) -> dict[str, Any]:
         sources = [str(s) for s in task_vars.get("ansible_inventory_sources") or []]
         outcome = hooks.notify_test(sources[0] if sources else "", task_vars)
+        delivered = {str(c.get("channel")): bool(c.get("ok")) for c in outcome.get("channels") or []}
+        contacts, channels = (self._templar.template(task_vars.get(name) or [])
+                              for name in ("mayday_contacts", "mayday_notify_channels"))
+        # Names, roles and channel names only: a contact list holds no secret, the channels' URLs stay here.
+        outcome["contact_problems"] = hooks.contact_problems(contacts, channels, delivered if delivered else None)
+        outcome["contacts"] = [{k: c.get(k) for k in ("name", "role", "channels")}
+                               for c in (contacts if isinstance(contacts, list) else []) if isinstance(c, dict)]
         journal.append(self._dir(args), {"event": "notify", "phase": "notify", **outcome})
         return {"outcome": outcome}
 

@@ -6,6 +6,7 @@ import os
 import sys
 import time
 
+from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -24,14 +25,20 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         args = dict(self._task.args)
-        directory = journal.run_dir(str(args.pop("drill")), str(args.pop("run_id")))
+        drill, run_id = str(args.pop("drill")), str(args.pop("run_id"))
+        directory = journal.run_dir(drill, run_id)
         phase = str(args.pop("phase"))
         host = task_vars.get("inventory_hostname") if task_vars else "?"
         mode = args.get("mode", "once")
         window = float(args.get("window_s", 0))
+        # Recovery on a fault host: the first slice also removes the faults once the steady state is back
+        # and holds (module mayday_fault, one round trip); the playbook's cleanup then skips this host.
+        remove_faults = boolean(args.pop("remove_faults", False), strict=False) and mode == "until_ok"
+        removed = False
         started = time.monotonic()
         deadline = started + window
         last: dict = {}
+        rounds = 0
         while True:
             switch = next((f for f in (journal.controller_stop_file(), directory / journal.STOP_FILE) if f.exists()),
                           None)
@@ -41,9 +48,20 @@ class ActionModule(ActionBase):
                                            "reason": why or f"controller kill switch {switch}"})
                 last = {"stopped": True, "ok": False, "results": last.get("results", [])}
                 break
+            if mode == "until_fail" and (directory / DETECTED).exists():
+                break  # another host saw the fault already
             left = max(0.0, deadline - time.monotonic())
-            last = self._execute_module(module_name="mayday_drill_probe", task_vars=task_vars,
-                                        module_args={**args, "window_s": min(left, SLICE_S)})
+            rounds += 1
+            if remove_faults and rounds == 1:
+                last = self._execute_module(module_name="mayday_fault", task_vars=task_vars, module_args={
+                    "op": "remove", "run_id": run_id, "drill": drill,
+                    "probe": {**args, "window_s": min(left, SLICE_S), "confirm": True}})
+                removed = self._record_removal(directory, host, last)
+                if isinstance(last.get("probe"), dict):  # a failed removal still reports the recovery
+                    last = dict(last["probe"])
+            else:
+                last = self._execute_module(module_name="mayday_drill_probe", task_vars=task_vars,
+                                            module_args={**args, "window_s": min(left, SLICE_S)})
             if last.get("failed"):
                 journal.append(directory, {"event": "error", "phase": phase, "host": host, "ok": False,
                                            "msg": last.get("msg", "probe failed to run")})
@@ -60,7 +78,7 @@ class ActionModule(ActionBase):
             if mode == "until_fail" and (directory / DETECTED).exists():
                 break
         elapsed = round(time.monotonic() - started, 3)
-        if not last.get("failed") and not last.get("stopped"):
+        if last and not last.get("failed") and not last.get("stopped"):
             journal.append(directory, {"event": "probe", "phase": phase, "host": host, "mode": mode,
                                        "ok": bool(last.get("ok")), "changed_at": last.get("changed_at"),
                                        "results": last.get("results") or [], "elapsed_s": elapsed})
@@ -70,5 +88,17 @@ class ActionModule(ActionBase):
                                            "ok": all(r["ok"] for r in confirmed), "results": confirmed,
                                            "elapsed_s": min(float(args.get("interval_s", 1)), 0.5)})
         result.update(changed=False, ok=bool(last.get("ok")), stopped=bool(last.get("stopped")),
-                      changed_at=last.get("changed_at"), results=last.get("results") or [], elapsed_s=elapsed)
+                      changed_at=last.get("changed_at"), results=last.get("results") or [], elapsed_s=elapsed,
+                      removed=removed)
         return result
+
+    @staticmethod
+    def _record_removal(directory, host, out) -> bool:
+        """The faults' removal done with the recovery probes, journalled as mayday_fault's cleanup is."""
+        faults = out.get("faults") or []
+        if not out.get("failed") and not out.get("removed"):
+            return False  # not back yet: nothing removed
+        journal.append(directory, {"event": "cleanup", "phase": "cleanup", "host": host, "ok": not out.get("failed"),
+                                   "faults": faults, "msg": out.get("msg", ""),
+                                   "elapsed_s": sum(f.get("remove_s", 0) for f in faults)})
+        return not out.get("failed")

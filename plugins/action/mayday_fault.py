@@ -13,6 +13,25 @@ import _mayday_path  # noqa: F401
 
 from mayday.drills import journal
 
+DETECTED = "detected"  # as in mayday_drill_probe: one host saw the fault, the others stop polling
+
+
+def record_detect(directory, host, probe, faults) -> None:
+    """The detect probe after an injection, journalled as the detect step's probe action does."""
+    if probe.get("stopped"):
+        journal.append(directory, {"event": "stopped", "phase": "detect", "host": host,
+                                   "reason": "host kill switch /var/lib/mayday/drill-stop"})
+        (directory / journal.STOP_FILE).write_text(f"host kill switch on {host}\n")
+        return
+    started = min((f.get("injected_at") or 0 for f in faults), default=0) + max(
+        (f.get("inject_s") or 0 for f in faults), default=0)
+    journal.append(directory, {"event": "probe", "phase": "detect", "host": host, "mode": "until_fail",
+                               "ok": bool(probe.get("ok")), "changed_at": probe.get("changed_at"),
+                               "results": probe.get("results") or [],
+                               "elapsed_s": round(max((probe.get("changed_at") or 0) - started, 0), 3)})
+    if probe.get("changed_at"):
+        (directory / DETECTED).touch()  # the other hosts stop polling
+
 
 class ActionModule(ActionBase):
     _supports_check_mode = False
@@ -43,11 +62,14 @@ class ActionModule(ActionBase):
             if out.get("failed"):
                 journal.append(directory, {"event": "error", "phase": "inject", "host": host, "ok": False,
                                            "msg": out.get("msg", "injection failed")})
+            elif isinstance(out.get("probe"), dict):  # the detection's first slice, in the same round trip
+                record_detect(directory, host, out["probe"], faults)
         else:
             journal.append(directory, {"event": "cleanup", "phase": "cleanup", "host": host,
                                        "ok": not out.get("failed"), "faults": faults,
                                        "msg": out.get("msg", ""),
                                        "elapsed_s": sum(f.get("remove_s", 0) for f in faults)})
+        probe = out.get("probe") if isinstance(out.get("probe"), dict) else {}
         result.update(changed=bool(out.get("changed")), faults=faults, drill_failed=bool(out.get("failed")),
-                      msg=out.get("msg", ""))
+                      detected=bool(probe.get("changed_at")), msg=out.get("msg", ""))
         return result

@@ -27,61 +27,8 @@ changed_at: {description: Epoch of the round where the awaited change was seen (
 stopped: {description: The host's kill switch was set., type: bool, returned: always}
 """
 
-import os
-import subprocess
-import time
-
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.mayday_http import probe_once
-
-
-def sql_probe(check):
-    engine, query = check.get("engine", "postgresql"), check["query"]
-    if engine == "postgresql":
-        argv = ["runuser", "-u", "postgres", "--", "psql", "-XAtq", "-d", check.get("database", "postgres"),
-                "-c", query]
-    else:
-        argv = ["mariadb", "-N", "-B", check.get("database", "mysql"), "-e", query]
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=float(check.get("timeout", 5)),
-                             check=False)
-    except subprocess.TimeoutExpired:
-        return {"ok": False, "problems": ["query timed out"], "value": None}
-    value = out.stdout.strip()
-    if out.returncode != 0:
-        return {"ok": False, "problems": [out.stderr.strip()[-200:]], "value": None}
-    want = str(check.get("expect", ""))
-    return {"ok": value == want, "problems": [] if value == want else [f"got {value!r}, expected {want!r}"],
-            "value": value}
-
-
-def service_probe(check):
-    out = subprocess.run(["systemctl", "is-active", check["name"]], capture_output=True, text=True, check=False)
-    state = out.stdout.strip()
-    want = "active" if check.get("active", True) else "inactive"
-    return {"ok": (state == "active") == (want == "active"), "value": state,
-            "problems": [] if (state == "active") == (want == "active") else [f"{state}, expected {want}"]}
-
-
-def http_probe(check):
-    result = probe_once(check)
-    wanted = check.get("body_contains")
-    if wanted and result["ok"] and wanted not in result.get("body", ""):
-        result["ok"], result["problems"] = False, [f"body lacks {wanted!r}"]
-    return {"ok": result["ok"], "problems": result["problems"], "value": result["status"],
-            "latency_ms": result["latency_ms"]}
-
-
-KINDS = {"http": http_probe, "sql": sql_probe, "service": service_probe}
-
-
-def run_round(checks):
-    results = []
-    for check in checks:
-        kind = next(k for k in KINDS if k in check)
-        result = KINDS[kind](check[kind])
-        results.append({"name": check["name"], "kind": kind, "at": time.time(), **result})
-    return results
+from ansible.module_utils.mayday_drill_probe import STOP_FILE, poll
 
 
 def main():
@@ -91,33 +38,14 @@ def main():
             "mode": {"type": "str", "choices": ["once", "until_fail", "until_ok"], "default": "once"},
             "window_s": {"type": "float", "default": 0},
             "interval_s": {"type": "float", "default": 1},
-            "stop_file": {"type": "str", "default": "/var/lib/mayday/drill-stop"},
+            "stop_file": {"type": "str", "default": STOP_FILE},
             "confirm": {"type": "bool", "default": False},
         },
         supports_check_mode=True,
     )
     p = module.params
-    deadline = time.monotonic() + max(0.0, p["window_s"])
-    rounds, changed_at, stopped, results = 0, None, False, []
-    while True:
-        if os.path.exists(p["stop_file"]):
-            stopped = True
-            break
-        rounds += 1
-        results = run_round(p["checks"])
-        ok = all(r["ok"] for r in results)
-        if p["mode"] == "once" or (p["mode"] == "until_fail" and not ok) or (p["mode"] == "until_ok" and ok):
-            changed_at = results[0]["at"] if results else time.time()
-            break
-        if time.monotonic() + p["interval_s"] > deadline:
-            break
-        time.sleep(p["interval_s"])
-    confirmed = None
-    if p["confirm"] and p["mode"] == "until_ok" and changed_at and not stopped:
-        time.sleep(min(p["interval_s"], 0.5))
-        confirmed = run_round(p["checks"])
-    module.exit_json(changed=False, ok=bool(results) and all(r["ok"] for r in results), rounds=rounds,
-                     results=results, changed_at=changed_at, stopped=stopped, confirmed=confirmed)
+    module.exit_json(changed=False, **poll(p["checks"], p["mode"], p["window_s"], p["interval_s"], p["stop_file"],
+                                           p["confirm"]))
 
 
 if __name__ == "__main__":

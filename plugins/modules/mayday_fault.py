@@ -20,12 +20,22 @@ options:
   duration: {description: The lease (30s, 10m)., type: str, default: 10m}
   lease_min: {description: Shortest lease., type: str, default: 10s}
   lease_max: {description: Longest lease., type: str, default: 4h}
+  probe:
+    description:
+      - The drill's probes in the same round trip (checks, mode, window_s, interval_s, confirm, stop_file).
+      - After C(inject), polled until one fails (the detection); before C(remove), until all pass and hold
+        (the recovery), and nothing is removed unless they do.
+    type: dict
 author: mayday
 """
 
 RETURN = r"""
 faults: {description: The faults injected or removed on this host, with their lease and timing., type: list,
   returned: always}
+probe: {description: "The probes' rounds (ok, changed_at, results, confirmed, stopped) when asked.", type: dict,
+  returned: when probe was given}
+removed: {description: "C(remove): the faults were removed (false: the steady state was not back yet).", type: bool,
+  returned: when op is remove}
 """
 
 import secrets as token
@@ -33,6 +43,7 @@ import socket
 import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.mayday_drill_probe import poll
 from ansible.module_utils.mayday_fault import FaultError, all_states, inject, remove
 from ansible.module_utils.mayday_fault import install as install_fault
 from ansible.module_utils.mayday_lease import PYTHON, LeaseError, Leases, check_bounds, parse_duration
@@ -100,6 +111,9 @@ def main():
             "duration": {"type": "str", "default": "10m"},
             "lease_min": {"type": "str", "default": "10s"},
             "lease_max": {"type": "str", "default": "4h"},
+            # The drill's probes in the same round trip: after an injection until one fails (detection),
+            # before a removal until all pass and hold (recovery; no removal unless they do).
+            "probe": {"type": "dict"},
         },
         supports_check_mode=False,
     )
@@ -108,15 +122,23 @@ def main():
     try:
         install_lease()
         install_fault()
+        probe = module.params["probe"]
         if module.params["op"] == "inject":
             faults = do_inject(module, leases, host)
-            module.exit_json(changed=True, faults=faults, msg=f"{host}: injected {faults[0]['type']}")
+            module.exit_json(changed=True, faults=faults, msg=f"{host}: injected {faults[0]['type']}",
+                             probe=poll(**probe) if probe else None)
+        awaited = poll(**probe) if probe else None
+        if awaited is not None and not (awaited["changed_at"] and awaited["confirmed"]
+                                        and all(r["ok"] for r in awaited["confirmed"])):
+            module.exit_json(changed=False, faults=[], removed=False, probe=awaited,
+                             msg=f"{host}: steady state not back yet, fault kept")
         faults = do_remove(module, leases, host)
         failed = [f for f in faults if f["outcome"].startswith("failed")]
         if failed:
             module.fail_json(msg=f"{host}: fault still in place: " + "; ".join(f["outcome"] for f in failed),
-                             faults=faults, cleanup_failed=True)
-        module.exit_json(changed=bool(faults), faults=faults, msg=f"{host}: {len(faults)} faults removed")
+                             faults=faults, cleanup_failed=True, removed=False, probe=awaited)
+        module.exit_json(changed=bool(faults), faults=faults, removed=True, probe=awaited,
+                         msg=f"{host}: {len(faults)} faults removed")
     except (FaultError, LeaseError, OSError) as exc:
         module.fail_json(msg=f"{host}: {exc}", faults=[])
 

@@ -20,14 +20,21 @@ from lab_helpers import (
     ROOT,
     WEB_HOSTS,
     Mayday,
+    am_delete,
     base_env,
     db_ini_digests,
     dexec,
     ensure_running,
+    firing,
     health,
+    live_as_last_deployed,
     reset_lab,
     serve_by_hand,
+    silence,
+    wait_for,
 )
+
+from mayday import lab as mayday_lab
 
 
 @pytest.fixture(scope="session")
@@ -87,6 +94,21 @@ def lab_up(lab_started: None) -> None:
     deploy = subprocess.run([MAYDAY, "lab", "deploy", "--release", "v1"], cwd=ROOT, env=base_env(),
                             capture_output=True, text=True, check=False, timeout=600)
     assert deploy.returncode == 0, f"mayday lab deploy failed:\n{deploy.stdout}\n{deploy.stderr}"
+
+
+@pytest.fixture(scope="module")
+def drill_lab(lab_up: None) -> Generator[str, None, None]:
+    """A lab a drill accepts, whatever earlier files on it did: v1 live and last deployed, and mon1's
+    Alertmanager quiet for the web hosts. The slow error-rate alert (three 5-minute windows) that their
+    faults leave firing is silenced for the module. Yields Alertmanager's URL."""
+    live_as_last_deployed("v1")
+    url = mayday_lab.configure_monitoring(len(WEB_HOSTS))["alertmanager"]
+    silenced = silence(url, "ErrorRateHigh", 1800, "earlier test files' faults, not the drills'")
+    wait_for("no alert firing for the web hosts", lambda: not firing(url), 150)
+    try:
+        yield url
+    finally:
+        am_delete(url, f"/api/v2/silence/{silenced}")
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -246,6 +247,64 @@ def wait_healthy(host: str, release: str, timeout: float = 30) -> None:
             return
         assert time.monotonic() < deadline, f"{host} not healthy on {release} within {timeout:.0f} s: {doc}"
         time.sleep(0.3)
+
+
+def live_as_last_deployed(release: str = "v1", hosts: tuple[str, ...] = WEB_HOSTS) -> None:
+    """The world a drill expects on a staging host: `release` live, healthy and the newest line of the
+    deploy history (as a redeploy of it leaves it), no test releases, no failed markers, no run locks.
+    Earlier files on the same lab serve v1 by hand over a history that ends with v2, and a rollback
+    there would pick v2."""
+    clear_host_locks()
+    prune_test_releases(hosts)
+    for host in hosts:
+        dexec(host, f"""
+            set -e
+            systemctl reset-failed; systemctl start nginx php8.2-fpm
+            printf '%s\t%s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" {release} >> {HISTORY}
+        """)
+    serve_by_hand(release, hosts, timeout=60)
+
+
+# --- Alertmanager on mon1 -------------------------------------------------------------------------
+
+def am(url: str, path: str, body: Any = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        text = answer.read()
+    return json.loads(text) if text.strip() else None
+
+
+def am_delete(url: str, path: str) -> None:
+    with urllib.request.urlopen(urllib.request.Request(url + path, method="DELETE"), timeout=5):
+        pass
+
+
+def firing(url: str, hosts: tuple[str, ...] = WEB_HOSTS) -> list[str]:
+    """Alerts active and not silenced for these hosts (an alert without a host label counts for all)."""
+    return [a["labels"].get("alertname", "?") for a in am(url, "/api/v2/alerts?active=true&silenced=false")
+            if a["labels"].get("host", hosts[0]) in hosts]
+
+
+def utc(at: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(at))
+
+
+def silence(url: str, alertname: str, seconds: float, why: str) -> str:
+    now = time.time()
+    return str(am(url, "/api/v2/silences", {
+        "matchers": [{"name": "alertname", "value": alertname, "isRegex": False, "isEqual": True}],
+        "startsAt": utc(now), "endsAt": utc(now + seconds), "createdBy": "mayday tests", "comment": why})["silenceID"])
+
+
+def wait_for(what: str, probe: Any, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = probe()
+        if found:
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def install_release(release: str, broken: bool = False, hosts: tuple[str, ...] = WEB_HOSTS) -> None:

@@ -17,11 +17,8 @@ import pytest
 import yaml
 from lab_helpers import APP, LAB_DBS, MAYDAY, ROOT, WEB_HOSTS, LabDb, Mayday, dexec, health
 
-# Known defect (issue 11, closing note): in the whole suite the drill's Level 1 meets the lab as an
-# earlier file on the same worker left it (no release recorded healthy) and fails; run alone, this
-# file passes. Skipped in the suite until the lab fixture resets that state.
-pytestmark = [pytest.mark.usefixtures("lab_up"),
-              pytest.mark.skip(reason="known defect: fails after other files on the same lab; passes alone")]
+# drill_lab: v1 live and last deployed, Alertmanager quiet, whatever earlier files on this lab did.
+pytestmark = pytest.mark.usefixtures("drill_lab")
 
 FAULTS = "/var/lib/mayday/drill-faults"
 HOST_STOP = "/var/lib/mayday/drill-stop"

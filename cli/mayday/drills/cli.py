@@ -165,7 +165,7 @@ def run(name: str, inventory_name: str | None, lease: str | None, as_json: bool)
     directory = journal.run_dir(doc["drill"], doc["run_id"])
     if as_json:
         click.echo(json.dumps({k: doc.get(k) for k in ("drill", "run_id", "verdict", "exit_code", "reasons",
-                                                        "figures", "sla", "duration_s")} |
+                                                        "detected_by", "figures", "sla", "duration_s")} |
                               {"report": str(directory / "report.md"), "junit": str(directory / "junit.xml")},
                               indent=2))
     else:

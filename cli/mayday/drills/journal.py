@@ -81,6 +81,8 @@ class Facts:
     restore_s: float | None = None
     restore_ok: bool | None = None
     notify_ok: bool | None = None
+    contact_problems: list[str] = field(default_factory=list)
+    detected_by: str = ""  # "probes", or "alert NAME (host)" when Alertmanager's firing alert is the detection
     reasons: list[str] = field(default_factory=list)
 
 
@@ -93,8 +95,12 @@ def facts_of(evs: list[dict[str, Any]]) -> Facts:
             f.refused = f.refused or e.get("reason", "refused")
         elif kind == "injected":
             f.injected_at = min(f.injected_at or e["injected_at"], e["injected_at"])
-        elif kind == "probe" and e.get("phase") == "detect" and e.get("changed_at"):
+        elif kind == "alert" and e.get("detected_at"):
+            f.detected_at, f.detected_by = e["detected_at"], f"alert {e.get('alertname')} ({e.get('host')})"
+        elif kind == "probe" and e.get("phase") == "detect" and e.get("changed_at") and \
+                not f.detected_by.startswith("alert"):
             f.detected_at = min(f.detected_at or e["changed_at"], e["changed_at"])
+            f.detected_by = "probes"
         elif kind == "probe" and e.get("phase") == "recover":
             if e.get("changed_at") and e.get("ok") and not not_recovered:
                 f.recovered_at = max(f.recovered_at or e["changed_at"], e["changed_at"])
@@ -118,6 +124,7 @@ def facts_of(evs: list[dict[str, Any]]) -> Facts:
             f.restore_s = max(f.restore_s or 0, e.get("restore_s") or 0)
         elif kind == "notify":
             f.notify_ok = bool(e.get("ok"))
+            f.contact_problems += list(e.get("contact_problems") or [])
     return f
 
 
@@ -177,8 +184,10 @@ def judge(kind: str, f: Facts, sla: dict[str, int]) -> tuple[str, list[str]]:
             reasons.append(f"newest backup is {fig['rpo_s']} s old, over the RPO of {sla['rpo']} s")
         if fig["restore_s"] is not None and "restore" in sla and fig["restore_s"] > sla["restore"]:
             reasons.append(f"restore took {fig['restore_s']} s, over the SLA of {sla['restore']} s")
-    elif kind == "communication" and f.notify_ok is not True:
-        reasons.append("a notification channel did not deliver the test message")
+    elif kind == "communication":
+        if f.notify_ok is not True:
+            reasons.append("a notification channel did not deliver the test message")
+        reasons += f.contact_problems
     return ("FAILED" if reasons else "PASSED"), reasons
 
 
@@ -196,7 +205,7 @@ def build(directory: Path, plan: dict[str, Any], meta: dict[str, Any]) -> dict[s
             "verdict": verdict, "exit_code": EXIT[verdict], "reasons": reasons, "figures": fig,
             "sla": plan.get("sla") or {}, "fault": plan.get("fault") or {}, "recovery": plan.get("recovery") or {},
             "started": started, "finished": started + duration, "duration_s": round(duration, 2),
-            "stopped": f.stopped, "events": evs}
+            "stopped": f.stopped, "detected_by": f.detected_by, "events": evs}
 
 
 def write(directory: Path, journal: dict[str, Any]) -> Path:

@@ -95,8 +95,18 @@ def markdown(journal: dict[str, Any]) -> str:
                       if not r.get("ok")]
             lines.append(f"- {_utc(e['changed_at'])} on {e.get('host')}: {', '.join(failing) or 'probes failing'}")
         lines.append("")
+    alerts = [e for e in evs if e.get("event") == "alert" and e.get("detected_at")]
+    if alerts:
+        lines += ["## Detected", ""]
+        lines += [f"- {_utc(e['detected_at'])} Alertmanager shows {e.get('alertname')} firing for {e.get('host')} "
+                  f"(firing since {e.get('starts_at')})" for e in alerts]
+        lines.append("")
     for e in evs:
-        if e.get("event") == "scenario":
+        if e.get("event") == "scenario" and e.get("by") == "alert":
+            lines += ["## What ran", "", f"- the alert path: `mayday serve` ran {e.get('scenario')} (request "
+                      f"{e.get('request') or '-'}): {e.get('outcome')}, {e.get('elapsed_s')} s from the alert to "
+                      f"its end, incident {e.get('incident') or '-'}" + (f"; {e['msg']}" if e.get("msg") else ""), ""]
+        elif e.get("event") == "scenario":
             lines += ["## What ran", "", f"- `{' '.join(e.get('command') or [])}`: {e.get('outcome')} "
                       f"(exit {e.get('rc')}, {e.get('elapsed_s')} s, incident {e.get('incident') or '-'})", ""]
     restores = [e for e in evs if e.get("event") == "restore_test"]
@@ -113,6 +123,10 @@ def markdown(journal: dict[str, Any]) -> str:
         lines += [f"- {c.get('channel')} ({c.get('type')}): {'delivered' if c.get('ok') else 'FAILED'}, "
                   f"{c.get('detail')}, {c.get('attempts')} attempt(s)" for c in e.get("channels") or []]
         lines += [f"- `mayday notify test`: exit {e.get('rc')} {e.get('msg') or ''}".rstrip()]
+        lines += ["", "## Contact list", ""]
+        lines += [f"- {c.get('name')} ({c.get('role')}): {', '.join(c.get('channels') or []) or 'no channel'}"
+                  for c in e.get("contacts") or []] or ["- none in the inventory (mayday_contacts)"]
+        lines += [f"- PROBLEM: {p}" for p in e.get("contact_problems") or []]
         lines.append("")
     lines += ["## Against the SLA", "", "| measure | measured | SLA | |", "| --- | --- | --- | --- |"]
     for key, sla_key, label in (("time_to_detect_s", "detect", "time to detect"),

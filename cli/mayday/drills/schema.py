@@ -145,7 +145,19 @@ def _recovery(raw: Any, problems: list[str]) -> dict[str, Any]:
     by = raw.get("by", "scenario")
     if by not in RECOVERY_BY:
         problems.append(f"recovery.by: {by!r} unknown; valid: {', '.join(RECOVERY_BY)}")
-    return {"by": by, **_scenario_call(raw, "recovery", problems, required=True)}
+    alerts = raw.get("alerts")
+    if by == "alert" and not (isinstance(alerts, list) and alerts and all(isinstance(a, str) and a for a in alerts)):
+        problems.append("recovery.alerts: required with by: alert; the alert names (monitoring/rules) whose "
+                        "firing for a fault host is the detection, for example [HealthCheckFailing]")
+    if by != "alert" and alerts is not None:
+        problems.append("recovery.alerts: only with by: alert")
+    unknown = set(raw) - {"by", "scenario", "params", "alerts"}
+    if unknown:
+        problems.append(f"recovery: unknown field(s) {', '.join(sorted(unknown))}; valid: by, scenario, params, alerts")
+    call = {"by": by, **_scenario_call(raw, "recovery", problems, required=True)}
+    if by == "alert" and isinstance(alerts, list):
+        call["alerts"] = [str(a) for a in alerts]
+    return call
 
 
 def _scenario_call(raw: dict[str, Any], where: str, problems: list[str], required: bool) -> dict[str, Any]:

@@ -1,0 +1,89 @@
+# A drill's steady-state probes on a host (http, sql, service), shared by the modules mayday_drill_probe
+# and mayday_fault (which probes in the same round trip as an injection or a removal).
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+from ansible.module_utils.mayday_http import probe_once
+
+STOP_FILE = "/var/lib/mayday/drill-stop"
+
+
+def sql_probe(check):
+    engine, query = check.get("engine", "postgresql"), check["query"]
+    if engine == "postgresql":
+        argv = ["runuser", "-u", "postgres", "--", "psql", "-XAtq", "-d", check.get("database", "postgres"),
+                "-c", query]
+    else:
+        argv = ["mariadb", "-N", "-B", check.get("database", "mysql"), "-e", query]
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=float(check.get("timeout", 5)),
+                             check=False)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "problems": ["query timed out"], "value": None}
+    value = out.stdout.strip()
+    if out.returncode != 0:
+        return {"ok": False, "problems": [out.stderr.strip()[-200:]], "value": None}
+    want = str(check.get("expect", ""))
+    return {"ok": value == want, "problems": [] if value == want else [f"got {value!r}, expected {want!r}"],
+            "value": value}
+
+
+def service_probe(check):
+    out = subprocess.run(["systemctl", "is-active", check["name"]], capture_output=True, text=True, check=False)
+    state = out.stdout.strip()
+    want = "active" if check.get("active", True) else "inactive"
+    return {"ok": (state == "active") == (want == "active"), "value": state,
+            "problems": [] if (state == "active") == (want == "active") else [f"{state}, expected {want}"]}
+
+
+def http_probe(check):
+    result = probe_once(check)
+    wanted = check.get("body_contains")
+    if wanted and result["ok"] and wanted not in result.get("body", ""):
+        result["ok"], result["problems"] = False, [f"body lacks {wanted!r}"]
+    return {"ok": result["ok"], "problems": result["problems"], "value": result["status"],
+            "latency_ms": result["latency_ms"]}
+
+
+KINDS = {"http": http_probe, "sql": sql_probe, "service": service_probe}
+
+
+def run_round(checks):
+    results = []
+    for check in checks:
+        kind = next(k for k in KINDS if k in check)
+        result = KINDS[kind](check[kind])
+        results.append({"name": check["name"], "kind": kind, "at": time.time(), **result})
+    return results
+
+
+def poll(checks, mode="once", window_s=0.0, interval_s=1.0, stop_file=STOP_FILE, confirm=False):
+    """Rounds of probes: once, until one fails (until_fail) or until all pass (until_ok), within the
+    window; with confirm, one more round once all pass (the steady state holds). The host's kill switch
+    is read before every round."""
+    window_s, interval_s = float(window_s), float(interval_s)  # as templated by the playbook: maybe text
+    confirm = confirm in (True, "true", "True", "yes", "1", 1)
+    deadline = time.monotonic() + max(0.0, window_s)
+    rounds, changed_at, stopped, results = 0, None, False, []
+    while True:
+        if os.path.exists(stop_file):
+            stopped = True
+            break
+        rounds += 1
+        results = run_round(checks)
+        ok = all(r["ok"] for r in results)
+        if mode == "once" or (mode == "until_fail" and not ok) or (mode == "until_ok" and ok):
+            changed_at = results[0]["at"] if results else time.time()
+            break
+        if time.monotonic() + interval_s > deadline:
+            break
+        time.sleep(interval_s)
+    confirmed = None
+    if confirm and mode == "until_ok" and changed_at and not stopped:
+        time.sleep(min(interval_s, 0.5))
+        confirmed = run_round(checks)
+    return {"ok": bool(results) and all(r["ok"] for r in results), "rounds": rounds, "results": results,
+            "changed_at": changed_at, "stopped": stopped, "confirmed": confirmed}
