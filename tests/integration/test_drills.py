@@ -150,6 +150,21 @@ def test_kill_switches_stop_the_drill_and_remove_the_fault(mayday: Mayday, tmp_p
     _, doc = journal_of(mayday, "sigterm")
     assert doc["reasons"][0] == "stopped by the kill switch (interrupted by SIGTERM)", doc["reasons"]
     assert states() == before
+    # Ctrl-C in the operator's terminal: SIGINT to the whole foreground process group at once.
+    proc = subprocess.Popen([MAYDAY, "drill", "run", str(quiet_drill(tmp_path, "ctrl-c"))], cwd=ROOT,
+                            env=mayday.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        wait_injected()
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err
+    directory, doc = journal_of(mayday, "ctrl-c")
+    assert doc["verdict"] == "FAILED" and (directory / "events.jsonl").is_file(), doc["reasons"]
+    assert states() == before
 
 
 def children(pid: int) -> list[int]:
@@ -213,27 +228,3 @@ def test_restore_test_leaves_the_live_databases_untouched(mayday: Mayday) -> Non
     for engine, db in LAB_DBS.items():
         assert (live_checksums(db), db.databases()) == before[engine]
         assert not db.exists("app__mayday_drilltest")
-
-
-def test_scheduled_unit_runs_a_drill(mayday: Mayday, tmp_path: Path) -> None:
-    """The controller here has no systemd: the installed unit's own ExecStart and Environment lines
-    are run as systemd would run them for mayday-drill@communication.service."""
-    units = tmp_path / "units"
-    env = {**mayday.env(), "MAYDAY_SYSTEMD_DIR": str(units)}
-    out = subprocess.run([MAYDAY, "drill", "schedule", "communication", "--every", "Tue *-*-22..28 09:30",
-                          "-i", "lab-staging"], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
-    assert out.returncode == 0, out.stderr
-    listed = subprocess.run([MAYDAY, "drill", "schedule", "--list"], cwd=ROOT, env=env, capture_output=True,
-                            text=True, check=False)
-    assert "Tue *-*-22..28 09:30" in listed.stdout
-    service = (units / "mayday-drill@.service").read_text().splitlines()
-    unit_env = dict(line.split("=", 2)[1:] for line in service if line.startswith("Environment="))
-    command = next(line.split("=", 1)[1] for line in service if line.startswith("ExecStart="))
-    argv = [word.replace("%i", "communication").replace("${MAYDAY_DRILL_INVENTORY}", unit_env["MAYDAY_DRILL_INVENTORY"])
-            for word in command.split()]
-    fired = subprocess.run(argv, cwd=unit_env["MAYDAY_HOME"], env={**mayday.env(), **unit_env}, capture_output=True,
-                           text=True, check=False, timeout=120)
-    assert fired.returncode == 0, fired.stderr
-    _, doc = journal_of(mayday, "communication")
-    assert doc["verdict"] == "PASSED" and doc["environment"] == "staging"
-    assert all(c["ok"] for e in doc["events"] if e["event"] == "notify" for c in e["channels"])

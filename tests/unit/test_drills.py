@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -216,34 +214,7 @@ def test_hosts_and_scenario_commands() -> None:
 
 
 # -- schedule -----------------------------------------------------------------------------------------
-def test_schedule_units(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MAYDAY_SYSTEMD_DIR", str(tmp_path))
-    written = schedule.install("level1", "monthly", "15m", "lab-staging")
-    timer = (tmp_path / "mayday-drill@level1.timer").read_text()
-    assert "OnCalendar=monthly" in timer and "Persistent=false" in timer and "RandomizedDelaySec=15m" in timer
-    service = (tmp_path / "mayday-drill@.service").read_text()
-    assert "drill run %i -i ${MAYDAY_DRILL_INVENTORY}" in service and "MAYDAY_DRILL_INVENTORY=lab-staging" in service
-    assert "KillMode=mixed" in service
-    if shutil.which("systemd-analyze"):
-        out = subprocess.run(["systemd-analyze", "verify", *map(str, written)], capture_output=True, text=True,
-                             env={**os.environ, "SYSTEMD_UNIT_PATH": f"{tmp_path}:"}, check=False)
-        assert out.returncode == 0, out.stderr
-    assert [s["drill"] for s in schedule.listed()] == ["level1"]
-    schedule.remove("level1")
-    assert not list(tmp_path.iterdir())
-    with pytest.raises(BadInput, match="has no schedule; valid: none scheduled"):
-        schedule.remove("level1")
-
-
-def test_schedule_refuses_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MAYDAY_SYSTEMD_DIR", str(tmp_path))
-    with pytest.raises(BadInput, match="valid: daily, weekly, monthly"):
-        schedule.install("level1", "every full moon!", "15m", "lab")
-    with pytest.raises(BadInput, match="not found"):
-        schedule.install("nope", "weekly", "15m", "lab")
-    assert not list(tmp_path.iterdir())
-
-
+# Units and bad input: tests/unit/test_drill_schedule.py.
 def test_seed_002_rotation_names_shipped_drills() -> None:
     entries = schedule.rotation(schema.drills_dir() / "schedules" / "seed-002-rotation.yml")
     assert len(entries) >= 4
