@@ -68,7 +68,7 @@ molecule: venv host image
 	$(BIN)/molecule test --all
 
 integration: venv host image eda
-	$(BIN)/pytest -q -n 2 --dist loadfile --durations=25 tests/integration
+	$(BIN)/pytest -q -n 3 --dist loadfile --durations=25 tests/integration
 
 bench: venv host image
 	$(BIN)/python bench/level1/run.py --sizes 1,10,25

@@ -3,9 +3,11 @@
 #             (before any connection), name the hosts of each step, open the journal;
 #   gate:     after a phase, decide whether the drill goes on (steady state held before the fault,
 #             every injection took, no kill switch, the alerts quiet);
-#   scenario: run the recovery (or cleanup) scenario as `mayday <command>` and record its outcome;
+#   scenario: run the recovery (or cleanup) scenario as `mayday <command>` and record its outcome
+#             (with gate: PHASE, only if that phase's gate says go on);
 #   notify:   the communication drill's test messages (mayday.drills.hooks);
-#   finish:   judge the journal, write journal.json, junit.xml and report.md, fail unless PASSED.
+#   finish:   the drill's cleanup scenario (when asked), then judge the journal, write journal.json,
+#             junit.xml and report.md, fail unless PASSED.
 # The verdict is mayday.drills.journal.judge: tested Python, not Jinja.
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from ansible.plugins.action import ActionBase
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _mayday_path  # noqa: F401
 
-from mayday.drills import hooks, journal, report, runs, schema
+from mayday.drills import hooks, journal, play, report, runs, schema
 from mayday.errors import BadInput
 
 ALLOWED_ENVIRONMENTS = ("lab", "staging")
@@ -72,6 +74,8 @@ class ActionModule(ActionBase):
         for index, probe in enumerate(plan["probes"]):
             for host in runs.hosts_of(probe["hosts"], groups):
                 hosts["probes"].setdefault(host, []).extend(plan["probes"][index]["checks"])
+        # The play goes on only on these; this host too, as the controller steps run on it.
+        hosts["involved"] = play.involved(plan["kind"], hosts, str(task_vars.get("inventory_hostname") or ""))
         return {"go": not refusal, "refusal": refusal, "plan": plan, "run_id": run_id, "dir": str(directory),
                 "meta": meta, "hosts": hosts, "stop_file": str(journal.controller_stop_file()),
                 "msg": refusal or f"drill {drill.name}, run {run_id}"}
@@ -169,6 +173,10 @@ class ActionModule(ActionBase):
         directory = self._dir(args)
         call = args.get("call") or {}
         which = str(args.get("which", "recovery"))
+        if args.get("gate"):  # the phase before it judged in the same step: go on unless stopped
+            gate = self._gate({**args, "phase": str(args["gate"])}, task_vars)
+            if not gate["go"]:
+                return gate
         sources = [str(s) for s in task_vars.get("ansible_inventory_sources") or []]
         if which == "recovery" and call.get("by") == "alert":
             outcome = self._await_alert(directory, call, args, task_vars)
@@ -184,12 +192,18 @@ class ActionModule(ActionBase):
     # -- notify -------------------------------------------------------------------------------
     def _notify(self, args, task_vars) -> dict[str, Any]:
         sources = [str(s) for s in task_vars.get("ansible_inventory_sources") or []]
-        outcome = hooks.notify_test(sources[0] if sources else "", task_vars)
+        opened: dict[str, Any] = next((e for e in journal.events(self._dir(args)) if e.get("event") == "open"), {})
+        fault = (opened.get("plan") or {}).get("fault") or {}
+        fallback = self._templar.template(task_vars.get("mayday_notify_fallback") or "")
+        outcome = hooks.notify_test(sources[0] if sources else "", {**task_vars, "mayday_notify_fallback": fallback},
+                                    fault=fault)
         delivered = {str(c.get("channel")): bool(c.get("ok")) for c in outcome.get("channels") or []}
         contacts, channels = (self._templar.template(task_vars.get(name) or [])
                               for name in ("mayday_contacts", "mayday_notify_channels"))
         # Names, roles and channel names only: a contact list holds no secret, the channels' URLs stay here.
-        outcome["contact_problems"] = hooks.contact_problems(contacts, channels, delivered if delivered else None)
+        # A failover drill fails a channel on purpose: only the list itself is checked, not who was reached.
+        outcome["contact_problems"] = hooks.contact_problems(contacts, channels,
+                                                             delivered if delivered and not fault else None)
         outcome["contacts"] = [{k: c.get(k) for k in ("name", "role", "channels")}
                                for c in (contacts if isinstance(contacts, list) else []) if isinstance(c, dict)]
         journal.append(self._dir(args), {"event": "notify", "phase": "notify", **outcome})
@@ -198,6 +212,9 @@ class ActionModule(ActionBase):
     # -- finish -------------------------------------------------------------------------------
     def _finish(self, args, task_vars) -> dict[str, Any]:
         directory = self._dir(args)
+        cleanup = args.get("cleanup") or {}
+        if play.cleanup_due(cleanup, journal.facts_of(journal.events(directory)).scenario_outcome):
+            self._scenario({**args, "which": "cleanup", "call": cleanup}, task_vars)
         doc = journal.build(directory, args.get("plan") or {}, args.get("meta") or {})
         path = journal.write(directory, doc)
         paths = report.write_all(directory, doc)

@@ -60,6 +60,13 @@ def run_round(checks):
     return results
 
 
+def confirm_round(checks, since, interval_s=1.0):
+    """The steady state checked once more, at least min(interval_s, 0.5) s after `since` (when it was seen
+    back): it holds. Whatever ran on the host meanwhile (a fault's removal) counts toward the pause."""
+    time.sleep(max(0.0, float(since) + min(float(interval_s), 0.5) - time.time()))
+    return run_round(checks)
+
+
 def poll(checks, mode="once", window_s=0.0, interval_s=1.0, stop_file=STOP_FILE, confirm=False):
     """Rounds of probes: once, until one fails (until_fail) or until all pass (until_ok), within the
     window; with confirm, one more round once all pass (the steady state holds). The host's kill switch
@@ -83,7 +90,6 @@ def poll(checks, mode="once", window_s=0.0, interval_s=1.0, stop_file=STOP_FILE,
         time.sleep(interval_s)
     confirmed = None
     if confirm and mode == "until_ok" and changed_at and not stopped:
-        time.sleep(min(interval_s, 0.5))
-        confirmed = run_round(checks)
+        confirmed = confirm_round(checks, changed_at, interval_s)
     return {"ok": bool(results) and all(r["ok"] for r in results), "rounds": rounds, "results": results,
             "changed_at": changed_at, "stopped": stopped, "confirmed": confirmed}

@@ -1,7 +1,9 @@
 #!/usr/bin/python
 # A drill's steady-state probes on one host: once, or polled until one fails (detection) or until
 # all pass (recovery), within a window. The host's kill switch (/var/lib/mayday/drill-stop) is read
-# before every round.
+# before every round. In playbooks/drill.yml the action of this name sends the same probes through the
+# module mayday_fault (op probe), so a drill builds one module per run; this file documents the action
+# for ansible-doc.
 from __future__ import annotations
 
 DOCUMENTATION = r"""

@@ -12,7 +12,8 @@ description:
   - C(remove) releases the lease of every fault of C(run_id) (its revert removes the fault) and
     proves each is gone; a fault still in place fails the task.
 options:
-  op: {description: inject or remove., type: str, choices: [inject, remove], required: true}
+  op: {description: "inject, remove, or probe (the probes alone: nothing installed or changed).", type: str,
+    choices: [inject, remove, probe], required: true}
   run_id: {description: The drill run., type: str, required: true}
   drill: {description: The drill's name., type: str, default: ""}
   fault: {description: "type and params (plugins/module_utils/mayday_fault.py FAULTS).", type: dict}
@@ -23,8 +24,8 @@ options:
   probe:
     description:
       - The drill's probes in the same round trip (checks, mode, window_s, interval_s, confirm, stop_file).
-      - After C(inject), polled until one fails (the detection); before C(remove), until all pass and hold
-        (the recovery), and nothing is removed unless they do.
+      - After C(inject), polled until one fails (the detection); before C(remove), until all pass (the
+        recovery; nothing is removed unless they do), then with confirm once more after the removal (they hold).
     type: dict
 author: mayday
 """
@@ -43,7 +44,7 @@ import socket
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.mayday_drill_probe import poll
+from ansible.module_utils.mayday_drill_probe import confirm_round, poll
 from ansible.module_utils.mayday_fault import FaultError, all_states, inject, remove
 from ansible.module_utils.mayday_fault import install as install_fault
 from ansible.module_utils.mayday_lease import PYTHON, LeaseError, Leases, check_bounds, parse_duration
@@ -103,7 +104,7 @@ def do_remove(module, leases, host):
 def main():
     module = AnsibleModule(
         argument_spec={
-            "op": {"type": "str", "choices": ["inject", "remove"], "required": True},
+            "op": {"type": "str", "choices": ["inject", "remove", "probe"], "required": True},
             "run_id": {"type": "str", "required": True},
             "drill": {"type": "str", "default": ""},
             "fault": {"type": "dict"},
@@ -118,6 +119,8 @@ def main():
         supports_check_mode=False,
     )
     host = socket.gethostname()
+    if module.params["op"] == "probe":  # a drill's steady state: the one module its hosts run, built once a run
+        module.exit_json(changed=False, faults=[], probe=poll(**(module.params["probe"] or {"checks": []})))
     leases = Leases()
     try:
         install_lease()
@@ -127,12 +130,13 @@ def main():
             faults = do_inject(module, leases, host)
             module.exit_json(changed=True, faults=faults, msg=f"{host}: injected {faults[0]['type']}",
                              probe=poll(**probe) if probe else None)
-        awaited = poll(**probe) if probe else None
-        if awaited is not None and not (awaited["changed_at"] and awaited["confirmed"]
-                                        and all(r["ok"] for r in awaited["confirmed"])):
+        awaited = poll(**{**probe, "confirm": False}) if probe else None
+        if awaited is not None and not awaited["changed_at"]:
             module.exit_json(changed=False, faults=[], removed=False, probe=awaited,
                              msg=f"{host}: steady state not back yet, fault kept")
         faults = do_remove(module, leases, host)
+        if awaited is not None and probe.get("confirm"):  # it holds, the faults gone (the removal in the pause)
+            awaited["confirmed"] = confirm_round(probe["checks"], awaited["changed_at"], probe.get("interval_s", 1))
         failed = [f for f in faults if f["outcome"].startswith("failed")]
         if failed:
             module.fail_json(msg=f"{host}: fault still in place: " + "; ".join(f["outcome"] for f in failed),

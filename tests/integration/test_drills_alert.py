@@ -126,7 +126,9 @@ def test_level1_alert_drill_refuses_then_passes_through_the_alert_path(
     assert scenario["by"] == "alert" and scenario["outcome"] == "RECOVERED" and scenario["incident"], scenario
     audit = [json.loads(line) for line in (mayday.state_dir / "serve" / "audit.jsonl").read_text().splitlines()]
     runs = [e for e in audit if e.get("event") == "run-started" and e.get("alertname") == "HealthCheckFailing"]
-    assert [r["request"] for r in runs] == [scenario["request"]], runs
+    # The drill's run is the first; web2's alert may reach serve after it ended and start its own
+    # (the test policy has no throttle), which the verdict does not depend on.
+    assert runs and runs[0]["request"] == scenario["request"] and len(runs) <= len(WEB_HOSTS), runs
     assert (mayday.state_dir / "incidents" / scenario["incident"] / "report.json").is_file()
     assert all(f["outcome"] == "removed" for e in doc["events"] if e["event"] == "cleanup" for f in e["faults"])
     assert "Alertmanager shows HealthCheckFailing" in (directory / "report.md").read_text()

@@ -59,7 +59,8 @@ def test_good_drill_plan(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("changes", "expected"), [
-    ({"fault": {"type": "unplug", "hosts": "web"}}, "fault.type: 'unplug' unknown; valid: block_port, break_file"),
+    ({"fault": {"type": "unplug", "hosts": "web"}},
+     "fault.type: 'unplug' unknown; valid: bad_migration, block_port, break_file"),
     ({"recovery": {"scenario": "level9"}}, "recovery.scenario: 'level9' unknown; valid:"),
     ({"recovery": {"scenario": "level2", "params": {"component": "disk"}}},
      "recovery.params: unknown component 'disk'; valid: api"),
@@ -271,7 +272,7 @@ def test_broken_release_deployed_and_removed(fault_dir: Path) -> None:
 
 
 def test_unknown_fault_is_refused(fault_dir: Path) -> None:
-    with pytest.raises(mayday_fault.FaultError, match="valid: block_port, break_file, broken_release"):
+    with pytest.raises(mayday_fault.FaultError, match="valid: bad_migration, block_port, break_file, broken_release"):
         mayday_fault.inject("f4", "unplug", {}, "R", "d")
 
 

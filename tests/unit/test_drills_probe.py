@@ -1,5 +1,5 @@
 """The drill probes' polling (plugins/module_utils/mayday_drill_probe.py), shared by the modules
-mayday_drill_probe and mayday_fault (probes in the injection's and the removal's round trip), against
+mayday_drill_probe and mayday_fault (probes alone, and in the injection's and the removal's round trip), against
 a real HTTP server on loopback whose answer the test switches."""
 
 from __future__ import annotations
@@ -72,3 +72,16 @@ def test_host_kill_switch_stops_before_a_round(app: str, tmp_path: Path) -> None
     stop.touch()
     out = mayday_drill_probe.poll(checks(app), "until_ok", 5, 0.1, str(stop), confirm=True)
     assert out["stopped"] and out["rounds"] == 0 and out["confirmed"] is None
+
+
+def test_confirm_round_waits_from_when_the_state_was_back(app: str) -> None:
+    # What ran meanwhile (a fault's removal) counts toward the pause: no second wait.
+    since = time.time() - 0.4
+    started = time.monotonic()
+    results = mayday_drill_probe.confirm_round(checks(app), since, "1")
+    assert 0.05 <= time.monotonic() - started < 0.4 and [r["ok"] for r in results] == [True]
+    started = time.monotonic()
+    mayday_drill_probe.confirm_round(checks(app), time.time() - 5, 1)
+    assert time.monotonic() - started < 0.3
+    App.healthy = False
+    assert [r["ok"] for r in mayday_drill_probe.confirm_round(checks(app), time.time(), 0.1)] == [False]

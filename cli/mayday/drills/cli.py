@@ -88,6 +88,14 @@ def _playbook(name: str, inventory: Path, extra: dict[str, str], log: Path) -> s
         return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
+def _ended(proc: subprocess.Popen[bytes], within_s: float) -> bool:
+    try:
+        proc.wait(within_s)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
         if proc.poll() is not None:
@@ -132,12 +140,11 @@ def run_drill(name: str, inventory_name: str | None, lease: str | None) -> dict[
     try:
         err.print(f"drill {drill.name}: run {run_id} (log {log})")
         proc = _playbook("drill.yml", path, extra, log)
-        while proc.poll() is None:
+        while not _ended(proc, 0.2):  # back at once when the playbook ends, at least every 0.2 s for a signal
             hard = handler.count > 1 or (handler.count and time.monotonic() - handler.first_at > GRACE_S)
             if hard:
                 _stop(proc)
                 break
-            time.sleep(0.2)
         if not (directory / "journal.json").is_file():
             # The playbook did not get to its report: clean up from the journal, then report.
             reason = "interrupted" if handler.count else f"the drill playbook ended with rc {proc.returncode}"

@@ -251,10 +251,16 @@ def contact_problems(contacts: Any, channels: Any, delivered: dict[str, bool] | 
     return problems
 
 
-def notify_test(inventory: str, task_vars: dict[str, Any]) -> dict[str, Any]:
-    """Sends `mayday notify test` to every channel of the inventory and reports what each answered."""
+def notify_test(inventory: str, task_vars: dict[str, Any], fault: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Sends `mayday notify test` to every channel of the inventory and reports what each answered.
+    With a fail_channel fault: the failover drill (mayday.drills.channel_fault) instead."""
     env = dict(os.environ, PYTHONPATH=str(PACKAGE_DIR.parent))
     argv = [sys.executable, "-m", "mayday.cli", "notify", "test", *(["-i", inventory] if inventory else []), "--json"]
+    if (fault or {}).get("type") == "fail_channel":
+        fallback = task_vars.get("mayday_notify_fallback")
+        argv = [sys.executable, "-m", "mayday.drills.channel_fault", *(["-i", inventory] if inventory else []),
+                *[a for name in (fault or {}).get("params", {}).get("channel") or [] for a in ("--fail", name)],
+                *(["--fallback", json.dumps(fallback)] if fallback else []), "--json"]
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env, check=False,
                              stdin=subprocess.DEVNULL)
@@ -265,7 +271,12 @@ def notify_test(inventory: str, task_vars: dict[str, Any]) -> dict[str, Any]:
     except ValueError:
         doc = []
     channels = [c for c in (doc if isinstance(doc, list) else doc.get("channels") or []) if isinstance(c, dict)]
-    shown = [{k: c.get(k) for k in ("channel", "type", "ok", "detail", "attempts", "elapsed_s")} for c in channels]
+    shown = [{k: c.get(k) for k in ("channel", "type", "ok", "detail", "attempts", "elapsed_s", "fallback",
+                                    "fallback_ok")} for c in channels]
+    if isinstance(doc, dict) and "failing" in doc:  # the failover: its own verdict, the failed channel expected
+        return {"ok": out.returncode == 0 and doc.get("ok") is True, "rc": out.returncode, "channels": shown,
+                **{k: doc.get(k) for k in ("failing", "fallback", "problems", "token")},
+                "msg": doc.get("msg") or (out.stderr.strip().splitlines() or [""])[-1][:300]}
     ok = out.returncode == 0 and bool(shown) and all(c["ok"] for c in shown)
     return {"ok": ok, "rc": out.returncode, "channels": shown,
             "msg": "" if ok else (out.stderr.strip().splitlines() or ["no channel answered"])[-1][:300]}

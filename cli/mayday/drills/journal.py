@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mayday.drills import data_loss
 from mayday.paths import state_dir
 
 FORMAT = "mayday-drill-journal"
@@ -114,6 +115,8 @@ def facts_of(evs: list[dict[str, Any]]) -> Facts:
             f.scenario_outcome = e.get("outcome", "")
             f.scenario_ok = bool(e.get("ok"))
             f.scenario_s = e.get("elapsed_s")
+            if e.get("recovery_points"):  # a restore: what was written after its backup is lost
+                f.rpo_s = data_loss.rpo_s(f.injected_at, e["recovery_points"])
         elif kind == "cleanup_scenario" or kind == "cleanup":
             f.cleanup_ok = bool(e.get("ok")) and f.cleanup_ok is not False
         elif kind == "error":
@@ -170,6 +173,11 @@ def judge(kind: str, f: Facts, sla: dict[str, int]) -> tuple[str, list[str]]:
             reasons.append(f"the recovery scenario ended {f.scenario_outcome}")
         if f.steady_after is not True:
             reasons.append("the steady state did not hold after recovery")
+        if "rpo" in sla and fig["rpo_s"] is None:
+            reasons.append("the data loss (RPO) was not measured: the recovery restored no backup")
+        elif "rpo" in sla and fig["rpo_s"] is not None and fig["rpo_s"] > sla["rpo"]:
+            reasons.append(f"data written in the {fig['rpo_s']} s before the fault was lost, over the RPO of "
+                           f"{sla['rpo']} s")
     elif kind == "response":
         if f.scenario_ok is not True:
             reasons.append(f"the scenario ended {f.scenario_outcome or 'without running'}")

@@ -9,6 +9,7 @@ import sys
 import time
 from typing import Any
 
+from mayday.drills import data_loss
 from mayday.outcomes import EXIT_CODES
 from mayday.paths import PACKAGE_DIR
 from mayday.scenarios import SCENARIOS
@@ -74,4 +75,6 @@ def run_scenario(name: str, params: dict[str, Any], inventory: str, timeout_s: f
     return {"scenario": name, "command": ["mayday", *shown[1:]], "rc": rc, "outcome": outcome,
             "ok": EXIT_CODES.get(outcome, 1) == 0 and rc == 0,
             "incident": doc.get("incident") or report.get("incident"),
-            "started_at": started, "elapsed_s": round(time.time() - started, 2)}
+            "started_at": started, "elapsed_s": round(time.time() - started, 2),
+            # A restore's backups, host -> their time: the drill's data loss (RPO) is measured from them.
+            **({"recovery_points": points} if (points := data_loss.recovery_points_of(doc)) else {})}

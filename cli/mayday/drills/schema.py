@@ -28,7 +28,22 @@ FAULTS: dict[str, tuple[str, ...]] = {
     "hold_long_query": ("engine", "database", "user"),
     "block_port": ("port",),
     "insert_rows": ("engine", "database", "table", "tag_column"),
+    "drop_rows": ("engine", "database", "table"),
+    "corrupt_rows": ("engine", "database", "table", "set"),
+    "saturate_connections": ("engine", "database", "user"),
+    "bad_migration": ("engine", "database", "table", "migration"),
 }
+# Faults on the controller (mayday.drills.channel_fault), for communication drills: what they
+# change lives in the drill's own process, so nothing is left for a lease to undo.
+CONTROLLER_FAULTS: dict[str, tuple[str, ...]] = {"fail_channel": ("channel",)}
+# Row faults: at most this many rows saved and put back (mayday_fault.MAX_ROWS); sessions held at most.
+MAX_FAULT_ROWS = 100000
+MAX_FAULT_SESSIONS = 1000
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+# One ALTER TABLE on the drill's table (the host checks the same: mayday_fault.check_migration).
+MIGRATION = re.compile(r"^ALTER TABLE ([A-Za-z_][A-Za-z0-9_]{0,62}) [A-Za-z0-9_ ,().'=:+-]{1,300}$", re.IGNORECASE)
+RENAMES_TABLE = re.compile(r"\bRENAME\s+(?!COLUMN\b|INDEX\b|KEY\b|CONSTRAINT\b)", re.IGNORECASE)
+CORRUPT_VALUE = re.compile(r"^[A-Za-z0-9 _.:,{}\"/@+=-]{0,200}$")
 KINDS = ("fault", "response", "restore_test", "communication")
 RECOVERY_BY = ("scenario", "alert")
 PROBE_KINDS = ("http", "sql", "service", "alerts_quiet")
@@ -188,6 +203,10 @@ def _fault(raw: Any, problems: list[str]) -> dict[str, Any]:
         problems.append("fault: required for a fault drill; valid: type, hosts, params")
         return {}
     kind = raw.get("type")
+    if kind in CONTROLLER_FAULTS:
+        problems.append(f"fault.type: {kind} is a communication drill's fault (kind: communication); valid here: "
+                        + ", ".join(sorted(FAULTS)))
+        return {}
     if kind not in FAULTS:
         problems.append(f"fault.type: {kind!r} unknown; valid: {', '.join(sorted(FAULTS))}")
         return {}
@@ -198,7 +217,9 @@ def _fault(raw: Any, problems: list[str]) -> dict[str, Any]:
     missing = [p for p in FAULTS[kind] if p not in params]
     if missing:
         problems.append(f"fault.params: {kind} needs {', '.join(missing)}")
-    if kind in ("hold_long_query", "insert_rows") and params.get("engine") not in SQL_ENGINES:
+    if kind in ("hold_long_query", "insert_rows", "drop_rows", "corrupt_rows", "saturate_connections",
+                "bad_migration") \
+            and params.get("engine") not in SQL_ENGINES:
         problems.append(f"fault.params.engine: {params.get('engine')!r} unknown; valid: {', '.join(SQL_ENGINES)}")
     if kind == "fill_disk":
         try:
@@ -208,9 +229,81 @@ def _fault(raw: Any, problems: list[str]) -> dict[str, Any]:
             problems.append("fault.params.level_pct: a percentage between 0 and 100 (exclusive)")
     if kind == "block_port" and not (isinstance(params.get("port"), int) and 0 < params["port"] < 65536):
         problems.append("fault.params.port: a TCP port, 1..65535")
+    if kind in ("drop_rows", "corrupt_rows"):
+        problems += _rows_problems(params)
+    if kind == "saturate_connections":
+        problems += _sessions_problems(params)
+    if kind == "bad_migration" and "migration" in params:
+        found = MIGRATION.match(str(params["migration"]))
+        if not found or found.group(1) != params.get("table") or "--" in str(params["migration"]):
+            problems.append(f"fault.params.migration: {params['migration']!r}; valid: one ALTER TABLE "
+                            f"{params.get('table')} ... (letters, digits, spaces and _ , ( ) . ' = : + -; no ';')")
+        elif RENAMES_TABLE.search(str(params["migration"])):
+            problems.append("fault.params.migration: renames the table (its removal could not find it); valid: "
+                            "RENAME COLUMN, DROP COLUMN, ALTER COLUMN ... TYPE, ADD ...")
     if not raw.get("hosts"):
         problems.append("fault.hosts: required; the hosts or group the fault goes on")
     return {"type": kind, "hosts": str(raw.get("hosts", "")), "params": params}
+
+
+def _channel_fault(raw: Any, problems: list[str]) -> dict[str, Any]:
+    """A communication drill's fault: fail_channel, the channel(s) named made to fail for its message."""
+    if not isinstance(raw, dict) or raw.get("type") not in CONTROLLER_FAULTS:
+        problems.append(f"fault.type: {(raw or {}).get('type') if isinstance(raw, dict) else raw!r} unknown in a "
+                        f"communication drill; valid: {', '.join(CONTROLLER_FAULTS)}")
+        return {}
+    params = raw.get("params") or {}
+    names = params.get("channel") if isinstance(params, dict) else None
+    names = [names] if isinstance(names, str) else names
+    if not (isinstance(names, list) and names and all(isinstance(n, str) and n for n in names)):
+        problems.append("fault.params.channel: the name (or a list of names) of mayday_notify_channels entries "
+                        "to make fail")
+        return {}
+    unknown = set(params) - {"channel"} | set(raw) - {"type", "params"}
+    if unknown:
+        problems.append(f"fault: unknown field(s) {', '.join(sorted(unknown))}; valid: type, params.channel")
+    return {"type": raw["type"], "hosts": "", "params": {"channel": names}}
+
+
+def _rows_problems(params: dict[str, Any]) -> list[str]:
+    """drop_rows / corrupt_rows: plain identifiers, a bounded row count, corrupt values the host quotes."""
+    problems = [f"fault.params.{name}: {params[name]!r} is not a plain identifier; valid: letters, digits and _"
+                for name in ("table", "key") if name in params and not IDENTIFIER.match(str(params[name]))]
+    rows = params.get("rows", 100)
+    if rows != "all" and not (isinstance(rows, int) and not isinstance(rows, bool) and 1 <= rows <= MAX_FAULT_ROWS):
+        problems.append(f"fault.params.rows: {rows!r}; valid: 1..{MAX_FAULT_ROWS} or all")
+    values = params.get("set")
+    if "set" in params and not (isinstance(values, dict) and values):
+        problems.append("fault.params.set: a mapping of column to corrupt value ({disabled: true})")
+    for column, value in (values or {}).items() if isinstance(values, dict) else ():
+        if not IDENTIFIER.match(str(column)):
+            problems.append(f"fault.params.set: column {column!r} is not a plain identifier")
+        elif column == params.get("key", "id"):
+            problems.append(f"fault.params.set: {column} is the key the rows are matched by; valid: another column")
+        if not (value is None or isinstance(value, bool | int | float) or CORRUPT_VALUE.match(str(value))):
+            problems.append(f"fault.params.set.{column}: {value!r}; valid: null, true/false, a number, or text of "
+                            "letters, digits and {}\":,./@+=- (no quotes)")
+    return problems
+
+
+def _sessions_problems(params: dict[str, Any]) -> list[str]:
+    """saturate_connections: how many sessions (auto: the free connections), bounded by max_sessions."""
+    problems = []
+    if not IDENTIFIER.match(str(params.get("user", ""))):
+        problems.append(f"fault.params.user: {params.get('user')!r} is not a plain identifier")
+    through = params.get("through", "server")
+    if through not in ("server", "pgbouncer") or (through == "pgbouncer" and params.get("engine") != "postgresql"):
+        problems.append(f"fault.params.through: {through!r}; valid: server, or pgbouncer with engine postgresql")
+    cap = params.get("max_sessions", 100)
+    if not (isinstance(cap, int) and not isinstance(cap, bool) and 1 <= cap <= MAX_FAULT_SESSIONS):
+        problems.append(f"fault.params.max_sessions: {cap!r}; valid: 1..{MAX_FAULT_SESSIONS}")
+        cap = MAX_FAULT_SESSIONS
+    sessions = params.get("sessions", "auto")
+    if sessions != "auto" and not (isinstance(sessions, int) and not isinstance(sessions, bool)
+                                   and 1 <= sessions <= cap):
+        problems.append(f"fault.params.sessions: {sessions!r}; valid: auto (the free connections) or 1..{cap} "
+                        "(max_sessions)")
+    return problems
 
 
 def parse(doc: Any, path: Path) -> Drill:
@@ -232,7 +325,12 @@ def parse(doc: Any, path: Path) -> Drill:
     probes = [p for i, raw in enumerate(raw_probes) if (p := _probe(raw, f"steady_state[{i}]", problems, hosts))]
     names = [p.name for p in probes]
     problems += [f"steady_state: probe name {n!r} used twice" for n in sorted({n for n in names if names.count(n) > 1})]
-    fault = _fault(doc.get("fault"), problems) if kind == "fault" else {}
+    if kind == "fault":
+        fault = _fault(doc.get("fault"), problems)
+    elif kind == "communication" and doc.get("fault") is not None:
+        fault = _channel_fault(doc.get("fault"), problems)
+    else:
+        fault = {}
     recovery = _recovery(doc.get("recovery"), problems) if kind in ("fault", "response") else {}
     cleanup_raw = doc.get("cleanup") or {}
     cleanup = _scenario_call(cleanup_raw, "cleanup", problems, required=False) if isinstance(cleanup_raw, dict) else {}
