@@ -17,12 +17,23 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from lab_helpers import DB_INI, MAYDAY, ROOT, WEB_HOSTS, Mayday, dexec, health, install_release, prune_test_releases
+from lab_helpers import (
+    DB_INI,
+    MAYDAY,
+    ROOT,
+    WEB_HOSTS,
+    Mayday,
+    dexec,
+    health,
+    install_release,
+    prune_test_releases,
+    wait_for,
+)
 from test_notify_channels import SMTP_PASSWORD_ENV, overlay_inventory, secrets
 from test_serve import free_port
 
@@ -41,16 +52,6 @@ rules:
     max_runs_per_hour: 3
     limit_label: null
 """
-
-
-def wait_for(what: str, probe: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = probe()
-        if found:
-            return found
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def audit(state: Path) -> list[dict[str, Any]]:

@@ -455,8 +455,10 @@ def test_hard_reset_drops_the_clients_and_counts_them(clean: Mayday) -> None:
             assert proc.returncode != 0
         assert app_clients() == 0 and pgbouncer_app()["paused"] == "0"
         result = clean.last_report()["results"][PG1]
-        assert result["how"] == "kill" and result["dropped"] == 2
-        assert result["before"]["clients"]["total"] == 2
+        # At least the two holders: an app request (mon1 probes the health check every few seconds) may
+        # hold a client of its own at that moment, and it is dropped and counted too.
+        assert result["how"] == "kill" and result["dropped"] >= 2
+        assert result["before"]["clients"]["total"] >= 2
     finally:
         for proc in holders:
             if proc.poll() is None:

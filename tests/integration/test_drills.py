@@ -136,35 +136,30 @@ def test_kill_switches_stop_the_drill_and_remove_the_fault(mayday: Mayday, tmp_p
     assert doc["verdict"] == "FAILED" and any("kill switch" in r for r in doc["reasons"])
     assert (directory / "events.jsonl").is_file() and (directory / "report.md").is_file()
     assert states() == before
-    # SIGTERM to mayday (systemctl stop, Ctrl-C alike): the same graceful stop and cleanup.
-    proc = subprocess.Popen([MAYDAY, "drill", "run", str(quiet_drill(tmp_path, "sigterm"))], cwd=ROOT,
-                            env=mayday.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_injected()
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 1, err
-    _, doc = journal_of(mayday, "sigterm")
+    # SIGTERM to mayday (systemctl stop): the same graceful stop and cleanup.
+    _, doc = interrupted(mayday, quiet_drill(tmp_path, "sigterm"), lambda proc: proc.send_signal(signal.SIGTERM))
     assert doc["reasons"][0] == "stopped by the kill switch (interrupted by SIGTERM)", doc["reasons"]
     assert states() == before
     # Ctrl-C in the operator's terminal: SIGINT to the whole foreground process group at once.
-    proc = subprocess.Popen([MAYDAY, "drill", "run", str(quiet_drill(tmp_path, "ctrl-c"))], cwd=ROOT,
-                            env=mayday.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    directory, doc = interrupted(mayday, quiet_drill(tmp_path, "ctrl-c"),
+                                 lambda proc: os.killpg(proc.pid, signal.SIGINT))
+    assert doc["verdict"] == "FAILED" and (directory / "events.jsonl").is_file(), doc["reasons"]
+    assert states() == before
+
+
+def interrupted(mayday: Mayday, drill: Path, interrupt: Any) -> tuple[Path, dict[str, Any]]:
+    """Runs the drill in its own session, interrupts it once its fault is in; exit 1 and its journal."""
+    proc = subprocess.Popen([MAYDAY, "drill", "run", str(drill)], cwd=ROOT, env=mayday.env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         wait_injected()
-        os.killpg(proc.pid, signal.SIGINT)
+        interrupt(proc)
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 1, err
-    directory, doc = journal_of(mayday, "ctrl-c")
-    assert doc["verdict"] == "FAILED" and (directory / "events.jsonl").is_file(), doc["reasons"]
-    assert states() == before
+    return journal_of(mayday, drill.stem)
 
 
 def children(pid: int) -> list[int]:
