@@ -86,8 +86,9 @@ def leases(host: str) -> dict[str, Any]:
         if line.startswith("timers:"):
             timers = sorted(line.split()[1:])
         elif line.strip():
-            name, mode, doc = line.split(" ", 2)
-            records[name] = {"mode": mode, "doc": json.loads(doc)}
+            name, mode, doc = [*line.split(" ", 2), ""][:3]
+            if doc.strip():  # empty: the host removed the file between the listing and the read
+                records[name] = {"mode": mode, "doc": json.loads(doc)}
     return {"records": records, "timers": timers}
 
 
