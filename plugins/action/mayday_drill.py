@@ -192,8 +192,7 @@ class ActionModule(ActionBase):
     # -- notify -------------------------------------------------------------------------------
     def _notify(self, args, task_vars) -> dict[str, Any]:
         sources = [str(s) for s in task_vars.get("ansible_inventory_sources") or []]
-        opened: dict[str, Any] = next((e for e in journal.events(self._dir(args)) if e.get("event") == "open"), {})
-        fault = (opened.get("plan") or {}).get("fault") or {}
+        fault = args.get("fault") or {}
         fallback = self._templar.template(task_vars.get("mayday_notify_fallback") or "")
         outcome = hooks.notify_test(sources[0] if sources else "", {**task_vars, "mayday_notify_fallback": fallback},
                                     fault=fault)

@@ -20,5 +20,6 @@ options:
   timeout_s: {description: scenario, the longest it may run., type: float}
   plan: {description: finish, the plan open returned., type: dict}
   meta: {description: finish, the run's metadata open returned., type: dict}
+  fault: {description: notify, the drill's fault (fail_channel makes it the failover drill)., type: dict}
 author: mayday
 """

@@ -23,7 +23,7 @@ from mayday.errors import BadInput, MaydayError
 from mayday.paths import project_root
 
 err = Console(stderr=True)
-ALLOWED = ("lab", "staging")
+ALLOWED = schema.ALLOWED_ENVIRONMENTS
 # After Ctrl-C or SIGTERM the playbook gets this long to reach its next probe and clean up itself;
 # then (or at a second signal) it is stopped and drill-cleanup.yml removes the faults.
 GRACE_S = 30.0

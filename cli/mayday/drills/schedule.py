@@ -39,7 +39,7 @@ PASSED_ENV = ("MAYDAY_LAB_NAME",)
 # systemd's own PATH for services, after the venv's bin (ansible-playbook, ansible-inventory): the
 # docker CLI of the community.docker.docker connection is in /usr/bin.
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-ENVIRONMENTS = ("lab", "staging")  # as `mayday drill run` (drills.cli.ALLOWED)
+ENVIRONMENTS = schema.ALLOWED_ENVIRONMENTS
 
 
 def unit_dir() -> Path:

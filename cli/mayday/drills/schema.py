@@ -18,6 +18,8 @@ from mayday.errors import BadInput
 from mayday.paths import project_root
 from mayday.scenarios import SCENARIOS
 
+# What an inventory must be declared (mayday_environment) for a drill to run or be scheduled on it.
+ALLOWED_ENVIRONMENTS = ("lab", "staging")
 # The fault library (plugins/module_utils/mayday_fault.py FAULTS) and each fault's required params.
 FAULTS: dict[str, tuple[str, ...]] = {
     "broken_release": (),
