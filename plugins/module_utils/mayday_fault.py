@@ -103,7 +103,9 @@ class BrokenRelease:
         return os.path.basename(os.readlink(s["link"]).rstrip("/")) == s["release"]
 
     def remove(self, s):
-        if self.injected(s):
+        # Also when a failed recovery left another release live: the drill leaves the release it found.
+        live = os.path.basename(os.readlink(s["link"]).rstrip("/"))
+        if live != s["previous"]:
             back = os.path.join(s["releases"], s["previous"])
             if not os.path.isdir(back):
                 raise FaultError(f"release {s['previous']} the drill replaced is gone: cannot switch back")
@@ -120,7 +122,8 @@ class BrokenRelease:
             atomic_write(history, "".join(kept).encode(), st.st_mode & 0o7777, st.st_uid, st.st_gid)
 
     def removed(self, s):
-        return not self.injected(s) and not os.path.exists(os.path.join(s["releases"], s["release"]))
+        live = os.path.basename(os.readlink(s["link"]).rstrip("/"))
+        return live == s["previous"] and not os.path.exists(os.path.join(s["releases"], s["release"]))
 
 
 def flip(link, target):

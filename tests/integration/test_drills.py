@@ -15,7 +15,19 @@ from typing import Any
 
 import pytest
 import yaml
-from lab_helpers import APP, LAB_DBS, MAYDAY, ROOT, WEB_HOSTS, LabDb, Mayday, dexec, health
+from lab_helpers import (
+    APP,
+    LAB_DBS,
+    MAYDAY,
+    ROOT,
+    WEB_HOSTS,
+    LabDb,
+    Mayday,
+    dexec,
+    health,
+    install_release,
+    live_as_last_deployed,
+)
 
 # drill_lab: v1 live and last deployed, Alertmanager quiet, whatever earlier files on this lab did.
 pytestmark = pytest.mark.usefixtures("drill_lab")
@@ -90,6 +102,29 @@ def test_level1_drill_passes_and_leaves_hosts_as_found(mayday: Mayday) -> None:
     assert all(health(h).get("status") == "healthy" for h in WEB_HOSTS)
     trend = mayday.run("drill", "report", "level1", "--json")
     assert trend.returncode == 0 and json.loads(trend.stdout)[0]["last"] == "PASSED"
+
+
+def test_a_failed_recovery_fails_the_drill_at_once_and_puts_back_the_release_it_found(mayday: Mayday) -> None:
+    """v1 live, but the last line of the deploy history a broken release: Level 1 rolls back onto it and
+    ends FAILED. The drill must not wait out its 15-minute SLA, and must leave v1 live."""
+    install_release("drillbad", broken=True)
+    for host in WEB_HOSTS:  # v1 back by hand, the history left ending with drillbad
+        dexec(host, f"ln -sfn releases/v1 {APP}/current.t && mv -T {APP}/current.t {APP}/current")
+    try:
+        before = states()
+        started = time.monotonic()
+        out = mayday.run("drill", "run", "level1", "--json", timeout=600)
+        took = time.monotonic() - started
+        assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+        summary = json.loads(out.stdout)
+        assert summary["verdict"] == "FAILED"
+        assert "the recovery scenario ended FAILED" in summary["reasons"], summary["reasons"]
+        assert took < 120, f"{took:.0f} s: the drill waited on after its scenario failed"
+        assert {h: s["current"] for h, s in states().items()} == {h: "releases/v1" for h in WEB_HOSTS}
+        assert states() == before
+        assert all(health(h).get("status") == "healthy" for h in WEB_HOSTS)
+    finally:
+        live_as_last_deployed("v1")
 
 
 def test_production_inventory_refused_before_any_connection(mayday: Mayday) -> None:

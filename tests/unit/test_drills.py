@@ -271,6 +271,21 @@ def test_broken_release_deployed_and_removed(fault_dir: Path) -> None:
     assert history.read_text() == "2026-01-01T00:00:00Z\tv1\n"
 
 
+def test_broken_release_removal_puts_back_the_release_it_found(fault_dir: Path) -> None:
+    """A recovery that failed onto another release (v0 here) is no reason to leave the host there."""
+    root = fault_dir / "app"
+    for release in ("v0", "v1"):
+        (root / "releases" / release).mkdir(parents=True)
+    (root / "current").symlink_to("releases/v1")
+    (root / ".mayday-deploy-history").write_text("2026-01-01T00:00:00Z\tv0\n2026-01-02T00:00:00Z\tv1\n")
+    mayday_fault.inject("f4", "broken_release", {"root": str(root)}, "R", "d")
+    (root / "current").unlink()
+    (root / "current").symlink_to("releases/v0")  # the failed rollback's choice
+    assert mayday_fault.remove("f4") == "removed"
+    assert os.readlink(root / "current") == "releases/v1"
+    assert sorted(p.name for p in (root / "releases").iterdir()) == ["v0", "v1"]
+
+
 def test_unknown_fault_is_refused(fault_dir: Path) -> None:
     with pytest.raises(mayday_fault.FaultError, match="valid: bad_migration, block_port, break_file, broken_release"):
         mayday_fault.inject("f4", "unplug", {}, "R", "d")
