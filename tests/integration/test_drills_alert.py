@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from lab_helpers import MAYDAY, ROOT, WEB_HOSTS, Mayday, am, firing, health, utc, wait_for
 from test_drills import journal_of, states
+from test_drills_plain import run_plain
 from test_serve import free_port
 
 from mayday import lab
@@ -132,5 +133,14 @@ def test_level1_alert_drill_refuses_then_passes_through_the_alert_path(
     assert (mayday.state_dir / "incidents" / scenario["incident"] / "report.json").is_file()
     assert all(f["outcome"] == "removed" for e in doc["events"] if e["event"] == "cleanup" for f in e["faults"])
     assert "Alertmanager shows HealthCheckFailing" in (directory / "report.md").read_text()
+    assert states() == before
+    assert all(health(h).get("status") == "healthy" for h in WEB_HOSTS)
+
+    # 4. The same drill from plain ansible-playbook (as AWX runs it): the same verdict, hosts as found.
+    wait_for("the drill's alerts resolved", lambda: not firing(url), 120)
+    out, doc = run_plain(mayday, "level1-alert", "inventories/lab")
+    assert out.returncode == 0 and doc["verdict"] == "PASSED", (doc.get("reasons"), out.stdout[-3000:])
+    assert doc["detected_by"].startswith("alert HealthCheckFailing"), doc["detected_by"]
+    assert 10 <= doc["figures"]["time_to_detect_s"] <= 60, doc["figures"]
     assert states() == before
     assert all(health(h).get("status") == "healthy" for h in WEB_HOSTS)

@@ -1,5 +1,5 @@
 """Every shipped drill not covered by a file of its own runs on the lab addressed as staging, passes
-within its SLA, and leaves every host as it found it; one of them also from plain ansible-playbook.
+within its SLA, and leaves every host as it found it. Every drill from plain ansible-playbook: test_drills_plain.py.
 
 Covered elsewhere: level1, restore-test and communication (test_drills.py), level1-alert
 (test_drills_alert.py), the database faults' drills (test_drill_faults.py)."""
@@ -7,11 +7,10 @@ Covered elsewhere: level1, restore-test and communication (test_drills.py), leve
 from __future__ import annotations
 
 import json
-import subprocess
 from typing import Any
 
 import pytest
-from lab_helpers import ANSIBLE_PLAYBOOK, APP, LAB_HOSTS, ROOT, WEB_HOSTS, Mayday, dexec, health
+from lab_helpers import APP, LAB_HOSTS, WEB_HOSTS, Mayday, dexec, health
 from test_drills import journal_of
 
 from mayday.drills import schema
@@ -79,15 +78,3 @@ def test_shipped_drill_passes_on_staging_and_leaves_every_host_as_found(mayday: 
     assert all(f["outcome"] == "removed" for e in doc["events"] if e["event"] == "cleanup" for f in e["faults"])
     assert_as_found(before)
     assert all(health(h).get("status") == "healthy" for h in WEB_HOSTS)
-
-
-def test_plain_ansible_playbook_runs_a_drill_to_the_same_verdict(mayday: Mayday) -> None:
-    before = host_state()
-    plain = subprocess.run([ANSIBLE_PLAYBOOK, "-i", "inventories/lab-staging", "playbooks/drill.yml",
-                            "-e", "drill=level2-frontend"], cwd=ROOT, env=mayday.env(), capture_output=True,
-                           text=True, check=False, timeout=600)
-    assert plain.returncode == 0, plain.stdout[-3000:] + plain.stderr[-3000:]
-    _, doc = journal_of(mayday, "level2-frontend")
-    assert doc["environment"] == "staging" and doc["exit_code"] == 0
-    assert_within_sla("level2-frontend", doc)
-    assert_as_found(before)
