@@ -140,10 +140,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 # Under xdist's --dist loadfile a worker takes the next file when it is free, in collection order: the
 # longest files go first so that none starts near the end and finishes alone. Measured in CI runs.
 LONGEST_FIRST = ("test_db_kill_phases.py", "test_db_emergencies.py", "test_lockdown.py", "test_level1_cli.py",
-                 "test_ssh_path.py", "test_scenario_dry_runs.py", "test_db_retention.py", "test_level1_defects.py",
-                 "test_drills_shipped.py", "test_db_corruption.py", "test_network_isolate.py", "test_lab_pg_app.py",
-                 "test_db_trust_pg.py", "test_db_restore.py", "test_drill_faults.py", "test_db_trust_mariadb.py",
-                 "test_drills.py", "test_performance.py", "test_rotate_credentials.py", "test_db_kill_long.py")
+                 "test_ssh_path.py", "test_scenario_dry_runs.py", "test_drills_plain.py", "test_db_retention.py",
+                 "test_level1_defects.py", "test_drills_shipped.py", "test_db_corruption.py",
+                 "test_network_isolate.py", "test_lab_pg_app.py", "test_db_trust_pg.py", "test_db_restore.py",
+                 "test_drill_faults.py", "test_db_trust_mariadb.py", "test_drills.py", "test_performance.py",
+                 "test_rotate_credentials.py", "test_db_kill_long.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
