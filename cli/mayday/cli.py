@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import click
 from rich.console import Console
 
 from mayday import inventory as inv
-from mayday import lab as lab_mod
-from mayday import locks, notify_cli
-from mayday import serve as serve_mod
+from mayday import locks
 from mayday.errors import BadInput, MaydayError
 from mayday.history import history_lines, in_progress, load_runs
 from mayday.runner import Progress, RunResult, run_playbook
@@ -112,7 +111,27 @@ def summarize(result: RunResult, as_json: bool) -> None:
         err.print(f"[red]- {failure}[/]")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """Commands from other modules, imported when named: `mayday level1` at 3 a.m. does not load the
+    alert receiver, the lab or the drills first."""
+
+    LAZY: ClassVar[dict[str, str]] = {"lab": "mayday.lab:lab", "notify": "mayday.notify_cli:notify_group",
+            # Alert-triggered response (mayday.serve): the receiver, approvals, policies.
+            "serve": "mayday.serve:serve", "approve": "mayday.serve:approve", "policy": "mayday.serve:policy_group",
+            # Scheduled drills (mayday.drills).
+            "drill": "mayday.drills.cli:drill_group"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.LAZY})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.LAZY and cmd_name not in self.commands:
+            module, attr = self.LAZY[cmd_name].split(":")
+            self.add_command(getattr(importlib.import_module(module), attr), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mayday")
 def cli() -> None:
     """Emergency response and rollback as code."""
@@ -324,20 +343,6 @@ def evidence_verify(where: str, as_json: bool) -> None:
         for problem in problems:
             err.print(f"[red]- {problem}[/]")
     sys.exit(1 if problems else 0)
-
-
-cli.add_command(lab_mod.lab)
-cli.add_command(notify_cli.notify_group)
-
-# Alert-triggered response (mayday.serve): the receiver, approvals, policies.
-cli.add_command(serve_mod.serve)
-cli.add_command(serve_mod.approve)
-cli.add_command(serve_mod.policy_group)
-
-# Scheduled drills (mayday.drills).
-from mayday.drills.cli import drill_group  # noqa: E402
-
-cli.add_command(drill_group)
 
 
 def main() -> None:
