@@ -337,11 +337,26 @@ def _default_keep(live):
     return keep
 
 
+def prune_kept(live, keep_last):
+    """The newest `keep_last` directories <live>.mayday-replaced-<stamp> stay, older ones go: a weekly
+    drill or a habit of Level 2 must not fill the disk. 0 keeps them all. Returns the removed paths."""
+    if keep_last <= 0:
+        return []
+    parent, prefix = os.path.dirname(live), os.path.basename(live) + KEEP_INFIX
+    # UTC stamps sort in time order; a same-second "-N" suffix sorts after its stamp.
+    kept = sorted(name for name in os.listdir(parent) if name.startswith(prefix)
+                  and os.path.isdir(os.path.join(parent, name)) and not os.path.islink(os.path.join(parent, name)))
+    removed = [os.path.join(parent, name) for name in kept[:-keep_last]]
+    for path in removed:
+        remove_tree(path)
+    return removed
+
+
 def _inside(path, root):
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-def config_swap(live, copy, validate=None, validate_glob="*.php", keep_dir=None, check_mode=False):
+def config_swap(live, copy, validate=None, validate_glob="*.php", keep_dir=None, check_mode=False, keep_last=10):
     """Replace directory `live` by a copy of `copy` in one renameat2; keep the old one at keep_dir.
 
     Returns the module result; raises SwapError (its .result has refused=true when nothing changed).
@@ -430,6 +445,12 @@ def config_swap(live, copy, validate=None, validate_glob="*.php", keep_dir=None,
                 steps.run("validate", validate_all, staged)
             steps.run("swap", swap)
             steps.run("keep", keep)
+            if not keep_dir:  # only our own default names are ever pruned
+                try:
+                    pruned = steps.run("prune", prune_kept, live, keep_last)
+                    report["pruned"] = pruned
+                except OSError:
+                    pass  # the swap is done; an old copy left behind is no reason to fail it (the step says why)
     except Exception as exc:
         msg = str(exc) if isinstance(exc, FilesError) else f"{type(exc).__name__}: {exc}"
         if not swapped and staged:

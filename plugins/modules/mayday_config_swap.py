@@ -45,6 +45,12 @@ options:
     description:
       - Where the replaced directory is kept. Must not exist and must be on the same filesystem as
         I(live). Default C(<live>.mayday-replaced-<UTC stamp>) next to I(live).
+  keep_last:
+    type: int
+    default: 10
+    description:
+      - With the default I(keep_dir), how many C(<live>.mayday-replaced-*) directories stay after a swap;
+        older ones are removed (a weekly drill must not fill the disk). C(0) keeps them all.
 author: mayday
 """
 
@@ -116,13 +122,15 @@ def main():
             "validate": {"type": "str"},
             "validate_glob": {"type": "str", "default": "*.php"},
             "keep_dir": {"type": "path"},
+            "keep_last": {"type": "int", "default": 10},
         },
         supports_check_mode=True,
     )
     p = module.params
     try:
         result = config_swap(p["live"], p["copy"], validate=p["validate"], validate_glob=p["validate_glob"],
-                             keep_dir=p["keep_dir"], check_mode=module.check_mode)
+                             keep_dir=p["keep_dir"], check_mode=module.check_mode,
+                             keep_last=p["keep_last"])
     except SwapError as exc:
         module.fail_json(**exc.result)
     module.exit_json(**result)

@@ -141,8 +141,27 @@ def test_swap_is_one_rename_and_the_old_dir_is_kept(trees):
     assert os.stat(live).st_ino != inode
     assert os.stat(kept).st_ino == inode
     assert snapshot(kept) == before  # the replaced directory, untouched
-    assert [s["step"] for s in result["steps"]] == ["check paths", "plan", "stage", "swap", "keep"]
+    assert [s["step"] for s in result["steps"]] == ["check paths", "plan", "stage", "swap", "keep", "prune"]
     assert not [n for n in siblings(live) if STAGE_INFIX in n]
+
+
+def test_only_the_newest_replaced_directories_are_kept(trees):
+    """A weekly drill of Level 2's API keeps a replaced directory each time: the oldest go, the newest stay,
+    and a directory of someone else's naming beside them is never touched."""
+    live, copy = trees
+    for stamp in ("20240101T000000Z", "20240102T000000Z", "20240103T000000Z", "20240103T000000Z-2"):
+        put(live.parent / f"config.mayday-replaced-{stamp}" / "api.php", "old")
+    put(live.parent / "config.mine" / "api.php", "not mayday's")
+    result = config_swap(str(live), str(copy), keep_last=3)
+    kept = os.path.basename(result["report"]["kept_as"])
+    assert [n for n in siblings(live) if "replaced" in n] == ["config.mayday-replaced-20240103T000000Z",
+                                                              "config.mayday-replaced-20240103T000000Z-2", kept]
+    assert result["report"]["pruned"] == [str(live.parent / f"config.mayday-replaced-{s}")
+                                          for s in ("20240101T000000Z", "20240102T000000Z")]
+    assert (live.parent / "config.mine" / "api.php").read_text() == "not mayday's"
+    put(copy / "api.php", "<?php return ['v' => 3];\n")
+    config_swap(str(live), str(copy), keep_last=0)  # 0: none removed
+    assert len([n for n in siblings(live) if "replaced" in n]) == 4
 
 
 def test_check_mode_changes_nothing_and_reports_the_diff(trees):
