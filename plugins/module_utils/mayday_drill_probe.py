@@ -1,7 +1,9 @@
-# A drill's steady-state probes on a host (http, sql, service), shared by the modules mayday_drill_probe
+# A drill's steady-state probes on a host (http, sql, service, backup), shared by the modules mayday_drill_probe
 # and mayday_fault (which probes in the same round trip as an injection or a removal).
 from __future__ import annotations
 
+import calendar
+import json
 import os
 import subprocess
 import time
@@ -48,7 +50,30 @@ def http_probe(check):
             "latency_ms": result["latency_ms"]}
 
 
-KINDS = {"http": http_probe, "sql": sql_probe, "service": service_probe}
+def backup_probe(check):
+    """The newest backup manifest in the directory is at most max_age_s old (a restore has something to put back)."""
+    directory, limit = check.get("dir", "/var/backups/mayday"), float(check["max_age_s"])
+    newest = None
+    try:
+        names = [n for n in os.listdir(directory) if n.endswith(".manifest.json")]
+    except OSError as exc:
+        return {"ok": False, "problems": [f"{directory}: {exc.strerror}"], "value": None}
+    for name in names:
+        try:
+            with open(os.path.join(directory, name), encoding="utf-8") as handle:
+                taken = calendar.timegm(time.strptime(json.load(handle)["time"], "%Y%m%dT%H%M%SZ"))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not a manifest of ours
+        newest = taken if newest is None else max(newest, taken)
+    if newest is None:
+        return {"ok": False, "problems": [f"no backup in {directory}: run `mayday backup` first"], "value": None}
+    age = round(time.time() - newest)
+    ok = age <= limit
+    return {"ok": ok, "value": age,
+            "problems": [] if ok else [f"the newest backup is {age} s old, over max_age {int(limit)} s"]}
+
+
+KINDS = {"http": http_probe, "sql": sql_probe, "service": service_probe, "backup": backup_probe}
 
 
 def run_round(checks):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from lab_helpers import DB_HOST, ROOT, VENV_BIN, LabDb, Mayday, dexec, health, wait_for
 
 pytestmark = pytest.mark.usefixtures("drill_lab")
@@ -63,7 +64,7 @@ def events(doc: dict[str, Any], kind: str) -> list[dict[str, Any]]:
     return [e for e in doc["events"] if e.get("event") == kind]
 
 
-def test_level2_database_drill_puts_every_row_back_and_measures_the_data_lost(mayday: Mayday) -> None:
+def test_level2_database_drill_puts_every_row_back_and_measures_the_data_lost(mayday: Mayday, tmp_path: Path) -> None:
     MARIADB.sql("INSERT IGNORE INTO users (name, disabled) SELECT concat('drill-user-', seq), seq % 7 = 0 "
                 "FROM seq_1_to_200", db="app")
     backup = mayday.run("backup", "--json", timeout=600)
@@ -71,6 +72,17 @@ def test_level2_database_drill_puts_every_row_back_and_measures_the_data_lost(ma
     taken = {b["engine"]: b["id"] for b in json.loads(backup.stdout)["backups"]}
     before = {db.engine: app_tables(db) for db in (MARIADB, POSTGRES)}
     assert int(before["mariadb"]["users"].split(":")[0]) >= 200
+
+    # No backup within the drill's RPO (here 1 s): refused before the fault, every row untouched.
+    stale = yaml.safe_load((ROOT / "drills" / "level2-database.yml").read_text())
+    next(p for p in stale["steady_state"] if "backup" in p)["backup"]["max_age"] = "1s"
+    (tmp_path / "level2-database-stale.yml").write_text(yaml.safe_dump(stale))
+    time.sleep(2)
+    refused = mayday.run("drill", "run", str(tmp_path / "level2-database-stale.yml"), "--json", timeout=300)
+    assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
+    summary = json.loads(refused.stdout)
+    assert summary["verdict"] == "REFUSED" and "over max_age 1 s" in " ".join(summary["reasons"]), summary
+    assert {db.engine: app_tables(db) for db in (MARIADB, POSTGRES)} == before
 
     doc, fig = run_drill(mayday, "level2-database")
 

@@ -50,6 +50,17 @@ def test_every_shipped_drill_checks() -> None:
         json.dumps(drill.plan())  # plain data for the playbook
 
 
+def test_backup_probe_needs_max_age_and_plans_seconds(tmp_path: Path) -> None:
+    probe = {"name": "backup", "hosts": "db", "backup": {"max_age": "26h"}}
+    drill = schema.load(str(write(tmp_path, {**GOOD, "steady_state": [*GOOD["steady_state"], probe]})))
+    checks = [c for p in drill.plan()["probes"] for c in p["checks"] if "backup" in c]
+    assert checks == [{"name": "backup", "backup": {"dir": "/var/backups/mayday", "max_age_s": 93600}}]
+    bad = problems_of(tmp_path, steady_state=[{"name": "b", "hosts": "db", "backup": {"dir": "rel"}}])
+    assert "backup.max_age: required" in bad
+    bad = problems_of(tmp_path, steady_state=[{"name": "b", "hosts": "db", "backup": {"max_age": "soon"}}])
+    assert "'soon' is not a duration" in bad
+
+
 def test_good_drill_plan(tmp_path: Path) -> None:
     drill = schema.load(str(write(tmp_path, GOOD)))
     plan = drill.plan()

@@ -85,3 +85,23 @@ def test_confirm_round_waits_from_when_the_state_was_back(app: str) -> None:
     assert time.monotonic() - started < 0.3
     App.healthy = False
     assert [r["ok"] for r in mayday_drill_probe.confirm_round(checks(app), time.time(), 0.1)] == [False]
+
+
+def manifest(directory: Path, backup_id: str, taken: float) -> None:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(taken))
+    (directory / f"{backup_id}.manifest.json").write_text(f'{{"id": "{backup_id}", "time": "{stamp}"}}')
+
+
+def test_backup_probe_judges_the_newest_manifest(tmp_path: Path) -> None:
+    check = {"dir": str(tmp_path), "max_age_s": 3600}
+    missing = mayday_drill_probe.backup_probe(check)
+    assert not missing["ok"] and "run `mayday backup` first" in missing["problems"][0]
+    manifest(tmp_path, "app-old", time.time() - 7200)
+    (tmp_path / "stray.manifest.json").write_text("not json")  # not ours: ignored, not fatal
+    stale = mayday_drill_probe.backup_probe(check)
+    assert not stale["ok"] and 7100 < stale["value"] < 7300 and "over max_age 3600 s" in stale["problems"][0]
+    manifest(tmp_path, "app-new", time.time() - 60)
+    fresh = mayday_drill_probe.backup_probe(check)
+    assert fresh["ok"] and fresh["value"] < 120 and fresh["problems"] == []
+    gone = mayday_drill_probe.backup_probe({"dir": str(tmp_path / "nope"), "max_age_s": 60})
+    assert not gone["ok"] and "nope" in gone["problems"][0]

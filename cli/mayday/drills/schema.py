@@ -48,8 +48,9 @@ RENAMES_TABLE = re.compile(r"\bRENAME\s+(?!COLUMN\b|INDEX\b|KEY\b|CONSTRAINT\b)"
 CORRUPT_VALUE = re.compile(r"^[A-Za-z0-9 _.:,{}\"/@+=-]{0,200}$")
 KINDS = ("fault", "response", "restore_test", "communication")
 RECOVERY_BY = ("scenario", "alert")
-PROBE_KINDS = ("http", "sql", "service", "alerts_quiet")
+PROBE_KINDS = ("http", "sql", "service", "backup", "alerts_quiet")
 SQL_ENGINES = ("postgresql", "mariadb")
+BACKUP_DIR = "/var/backups/mayday"  # where `mayday backup` writes its dumps and manifests on a database host
 TOP_FIELDS = {"description", "seed", "kind", "steady_state", "fault", "recovery", "cleanup", "sla", "lease",
               "probe_interval", "hosts", "notify"}
 SLA_FIELDS = ("detect", "recover", "rpo", "restore")
@@ -152,6 +153,14 @@ def _probe(raw: Any, where: str, problems: list[str], default_hosts: str) -> Pro
         problems.append(f"{where}.service.name: required (a systemd unit)")
     if kind == "alerts_quiet" and not (isinstance(spec, list) and all(isinstance(a, str) for a in spec)):
         problems.append(f"{where}.alerts_quiet: a list of alert names that must not be firing")
+    if kind == "backup":  # a recovery that restores needs a backup to restore: refused before the fault
+        if not (isinstance(spec, dict) and "max_age" in spec):
+            problems.append(f"{where}.backup.max_age: required (the newest backup's oldest allowed age, e.g. 26h)")
+            return None
+        directory = str(spec.get("dir", BACKUP_DIR))
+        if not directory.startswith("/") or set(spec) - {"dir", "max_age"}:
+            problems.append(f"{where}.backup: valid fields dir (an absolute path, default {BACKUP_DIR}) and max_age")
+        spec = {"dir": directory, "max_age_s": seconds(spec["max_age"], f"{where}.backup.max_age", problems)}
     return Probe(name, str(raw.get("hosts") or default_hosts), kind, spec)
 
 
@@ -322,7 +331,7 @@ def parse(doc: Any, path: Path) -> Drill:
     hosts = str(doc.get("hosts", "all"))
     raw_probes = doc.get("steady_state") or []
     if not isinstance(raw_probes, list) or (kind in ("fault", "response") and not raw_probes):
-        problems.append("steady_state: a non-empty list of probes (http, sql, service, alerts_quiet)")
+        problems.append("steady_state: a non-empty list of probes (http, sql, service, backup, alerts_quiet)")
         raw_probes = []
     probes = [p for i, raw in enumerate(raw_probes) if (p := _probe(raw, f"steady_state[{i}]", problems, hosts))]
     names = [p.name for p in probes]
