@@ -137,12 +137,13 @@ def test_new_logins_refused_operator_and_open_sessions_kept(logins: Path, tmp_pa
 def test_the_lease_lifts_it_on_its_own(logins: Path, tmp_path: Path) -> None:
     key = logins
     before = etc_ssh()
-    result = run_role("on", tmp_path, "-e", "auth_for=3s", "-e", "auth_lease_min=1s")
+    # 20 s: on a loaded machine the role's own run after the change took over 3 s (the CI's failure).
+    result = run_role("on", tmp_path, "-e", "auth_for=20s", "-e", "auth_lease_min=1s")
     assert not logs_in(OUTSIDER, key), "the lockdown did not take"
     lease = result["report"]["lease"]["id"]
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while lease + ".json" in lease_files() or dexec(HOST, f"test -e {DROP_IN} && echo yes || true").strip():
-        assert time.monotonic() < deadline, "the lease did not lift the lockdown within 30 s"
+        assert time.monotonic() < deadline, "the lease did not lift the lockdown within 60 s"
         time.sleep(0.5)
     assert etc_ssh() == before, "the expired lease left /etc/ssh changed"
     assert logs_in(OUTSIDER, key), "outsider cannot log in after the lease ended"
