@@ -27,11 +27,7 @@ demo: venv host image
 	@cat "$$(ls -d .mayday/incidents/INC-* | tail -1)/report.md"
 
 ## make test: lint, unit tests, Molecule scenarios, CLI tests against the lab
-# Lint and unit tests run beside Molecule (which waits on container boots), each target's output
-# kept together; the integration tests, which use both cores, come after.
-test: venv host image eda
-	$(MAKE) --no-print-directory -j 3 --output-sync=target lint unit molecule
-	$(MAKE) --no-print-directory integration
+test: venv host image lint unit molecule integration
 
 $(PY_STAMP): pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
