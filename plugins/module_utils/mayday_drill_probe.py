@@ -52,7 +52,7 @@ def http_probe(check):
 
 def backup_probe(check):
     """The newest backup manifest in the directory is at most max_age_s old (a restore has something to put back)."""
-    directory, limit = check.get("dir", "/var/backups/mayday"), float(check["max_age_s"])
+    directory, limit = check["dir"], float(check["max_age_s"])  # both set by the drill's schema
     newest = None
     try:
         names = [n for n in os.listdir(directory) if n.endswith(".manifest.json")]

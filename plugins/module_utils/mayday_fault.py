@@ -99,13 +99,16 @@ class BrokenRelease:
             sh(["systemctl", "reload", service])
         return state
 
+    @staticmethod
+    def live(s):
+        return os.path.basename(os.readlink(s["link"]).rstrip("/"))
+
     def injected(self, s):
-        return os.path.basename(os.readlink(s["link"]).rstrip("/")) == s["release"]
+        return self.live(s) == s["release"]
 
     def remove(self, s):
         # Also when a failed recovery left another release live: the drill leaves the release it found.
-        live = os.path.basename(os.readlink(s["link"]).rstrip("/"))
-        if live != s["previous"]:
+        if self.live(s) != s["previous"]:
             back = os.path.join(s["releases"], s["previous"])
             if not os.path.isdir(back):
                 raise FaultError(f"release {s['previous']} the drill replaced is gone: cannot switch back")
@@ -122,8 +125,7 @@ class BrokenRelease:
             atomic_write(history, "".join(kept).encode(), st.st_mode & 0o7777, st.st_uid, st.st_gid)
 
     def removed(self, s):
-        live = os.path.basename(os.readlink(s["link"]).rstrip("/"))
-        return live == s["previous"] and not os.path.exists(os.path.join(s["releases"], s["release"]))
+        return self.live(s) == s["previous"] and not os.path.exists(os.path.join(s["releases"], s["release"]))
 
 
 def flip(link, target):
