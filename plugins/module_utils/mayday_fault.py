@@ -106,9 +106,26 @@ class BrokenRelease:
     def injected(self, s):
         return self.live(s) == s["release"]
 
+    @staticmethod
+    def deployed_during(s):
+        """The last release deployed after the drill's own history line: a person's deploy on staging
+        while the drill held its lease, which the drill's removal must not undo. None when there is none."""
+        text = read_bytes(os.path.join(s["root"], ".mayday-deploy-history"))
+        names = [line.split("\t")[-1] for line in (text or b"").decode().splitlines() if line.strip()]
+        if s["release"] not in names:
+            return None
+        after = [name for name in names[names.index(s["release"]) + 1:] if name != s["release"]]
+        return after[-1] if after else None
+
     def remove(self, s):
-        # Also when a failed recovery left another release live: the drill leaves the release it found.
-        if self.live(s) != s["previous"]:
+        if "deployed_during" not in s:
+            # Decided once, before the history loses the drill's line, and kept for a retried removal.
+            s["deployed_during"] = self.deployed_during(s)
+            save_state(s["release"][len("drill-"):], {"state": s}, merge=True)
+        live = self.live(s)
+        # Also when a failed recovery left another release live: the drill leaves the release it found,
+        # unless someone deployed since, whose release stays.
+        if live == s["release"] or (live != s["previous"] and not s["deployed_during"]):
             back = os.path.join(s["releases"], s["previous"])
             if not os.path.isdir(back):
                 raise FaultError(f"release {s['previous']} the drill replaced is gone: cannot switch back")
@@ -125,7 +142,9 @@ class BrokenRelease:
             atomic_write(history, "".join(kept).encode(), st.st_mode & 0o7777, st.st_uid, st.st_gid)
 
     def removed(self, s):
-        return self.live(s) == s["previous"] and not os.path.exists(os.path.join(s["releases"], s["release"]))
+        live = self.live(s)
+        in_place = live == s["release"] or os.path.exists(os.path.join(s["releases"], s["release"]))
+        return not in_place and (live == s["previous"] or bool(s.get("deployed_during")))
 
 
 def flip(link, target):

@@ -297,6 +297,44 @@ def test_broken_release_removal_puts_back_the_release_it_found(fault_dir: Path) 
     assert sorted(p.name for p in (root / "releases").iterdir()) == ["v0", "v1"]
 
 
+def test_broken_release_removal_keeps_a_release_deployed_during_the_drill(fault_dir: Path) -> None:
+    """Someone deployed v2 on staging while the drill held its lease: v2 stays live, the drill's own
+    release and history line go, and a second removal (a retry) changes nothing."""
+    root = fault_dir / "app"
+    for release in ("v1", "v2"):
+        (root / "releases" / release).mkdir(parents=True)
+    (root / "current").symlink_to("releases/v1")
+    history = root / ".mayday-deploy-history"
+    history.write_text("2026-01-01T00:00:00Z\tv1\n")
+    state, _ = mayday_fault.inject("f8", "broken_release", {"root": str(root)}, "R", "d")
+    with history.open("a") as handle:
+        handle.write("2026-01-02T00:00:00Z\tv2\n")
+    (root / "current").unlink()
+    (root / "current").symlink_to("releases/v2")  # the person's deploy
+    fault = mayday_fault.FAULTS["broken_release"]()
+    fault.remove(state)
+    assert fault.removed(state)
+    assert os.readlink(root / "current") == "releases/v2"
+    assert history.read_text() == "2026-01-01T00:00:00Z\tv1\n2026-01-02T00:00:00Z\tv2\n"
+    assert sorted(p.name for p in (root / "releases").iterdir()) == ["v1", "v2"]
+    # The decision survives in the host's fault state: a retried removal still keeps v2.
+    assert mayday_fault.remove("f8") == "removed"
+    assert os.readlink(root / "current") == "releases/v2"
+
+
+def test_broken_release_still_live_is_switched_back_whatever_came_after(fault_dir: Path) -> None:
+    root = fault_dir / "app"
+    (root / "releases" / "v1").mkdir(parents=True)
+    (root / "current").symlink_to("releases/v1")
+    history = root / ".mayday-deploy-history"
+    history.write_text("2026-01-01T00:00:00Z\tv1\n")
+    mayday_fault.inject("f9", "broken_release", {"root": str(root)}, "R", "d")
+    with history.open("a") as handle:
+        handle.write("2026-01-02T00:00:00Z\tv9\n")  # a deploy that never switched the link
+    assert mayday_fault.remove("f9") == "removed"
+    assert os.readlink(root / "current") == "releases/v1"
+
+
 def test_unknown_fault_is_refused(fault_dir: Path) -> None:
     with pytest.raises(mayday_fault.FaultError, match="valid: bad_migration, block_port, break_file, broken_release"):
         mayday_fault.inject("f4", "unplug", {}, "R", "d")
