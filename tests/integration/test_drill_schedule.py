@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from lab_helpers import DOCKER, LAB_NAME, PREFIX, ROOT, VENV_BIN, WEB_HOSTS, docker, health, wait_for
+from test_drills import states
 
 from mayday import lab as mayday_lab
 
@@ -115,6 +116,11 @@ def journals(state: Path, drill: str) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted((state / "drills" / drill).glob("DRILL-*/journal.json"))]
 
 
+def injected_runs(state: Path, drill: str) -> int:
+    """How many of the drill's runs have injected their fault (their events.jsonl says so)."""
+    return sum('"injected"' in p.read_text() for p in (state / "drills" / drill).glob("DRILL-*/events.jsonl"))
+
+
 def fired_within_delay(drill: str, due: float) -> None:
     last = timers()[f"mayday-drill@{drill}.timer"]["last"] / 1e6
     assert due <= last <= due + DELAY_S + 2, (last - due, drill)  # AccuracySec=1s, and a loaded machine
@@ -175,6 +181,20 @@ def test_timers_fire_drills_under_systemd(controller: Path) -> None:
     stamps = ctl("ls", STAMPS).stdout.split()
     assert not [s for s in stamps if "mayday-drill" in s], stamps
     assert all(t["last"] > 0 for t in timers().values()), timers()
+
+    # `systemctl stop` while level1 runs (KillMode=mixed: SIGTERM to mayday alone): the drill stops,
+    # cleans up, exits 1 with its journal, and the hosts are as before it started.
+    before = states()
+    earlier = int(level1["ExecMainStartTimestampMonotonic"])
+    ctl("systemctl", "start", "--no-block", "mayday-drill@level1.service")
+    wait_for("the stopped run's fault in place", lambda: injected_runs(state, "level1") == 2, 90)
+    ctl("systemctl", "stop", "mayday-drill@level1.service", timeout=150)
+    stopped = finished("level1", after=earlier)
+    assert (stopped["Result"], stopped["ExecMainStatus"]) == ("exit-code", "1"), stopped
+    doc = journals(state, "level1")[-1]
+    assert doc["verdict"] == "FAILED" and any("SIGTERM" in r for r in doc["reasons"]), doc["reasons"]
+    assert states() == before
+    assert all(health(h).get("status") == "healthy" for h in WEB_HOSTS)
 
     # Removed: the units gone from disk and from systemd.
     for drill in ("level1", "communication"):
