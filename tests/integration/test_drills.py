@@ -17,6 +17,7 @@ import pytest
 import yaml
 from lab_helpers import (
     APP,
+    HISTORY,
     LAB_DBS,
     MAYDAY,
     ROOT,
@@ -180,6 +181,29 @@ def test_kill_switches_stop_the_drill_and_remove_the_fault(mayday: Mayday, tmp_p
                                  lambda proc: os.killpg(proc.pid, signal.SIGINT))
     assert doc["verdict"] == "FAILED" and (directory / "events.jsonl").is_file(), doc["reasons"]
     assert states() == before
+
+
+def test_a_release_deployed_during_the_drill_stays_live(mayday: Mayday, tmp_path: Path) -> None:
+    """Staging is shared: someone deploys v3 while the drill waits for detection, then the drill is
+    stopped. Its cleanup takes away its own release and history line and leaves v3 live."""
+    history = {h: dexec(h, f"cat {HISTORY}") for h in WEB_HOSTS}
+
+    def deploy_then_stop(proc: subprocess.Popen[str]) -> None:
+        install_release("v3")
+        proc.send_signal(signal.SIGTERM)
+
+    try:
+        _, doc = interrupted(mayday, quiet_drill(tmp_path, "deploy-during"), deploy_then_stop)
+        assert doc["verdict"] == "FAILED" and any("SIGTERM" in r for r in doc["reasons"]), doc["reasons"]
+        for host in WEB_HOSTS:
+            state = drill_state(host)
+            assert state["current"] == "releases/v3" and "drill-" not in state["releases"], state
+            assert not state["faults"].strip() and state["leases"] == "0" and state["timers"] == "0", state
+            added = dexec(host, f"cat {HISTORY}").removeprefix(history[host]).splitlines()
+            assert [line.split("\t")[-1] for line in added] == ["v3"], added
+            assert health(host).get("status") == "healthy"
+    finally:
+        live_as_last_deployed("v1")
 
 
 def interrupted(mayday: Mayday, drill: Path, interrupt: Any) -> tuple[Path, dict[str, Any]]:
