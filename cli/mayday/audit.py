@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mayday import jsonfile
 from mayday.paths import state_dir
 
 
@@ -31,14 +32,6 @@ def audit_path() -> Path:
 def now_utc(at: float | None = None) -> str:
     at = time.time() if at is None else at
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + f".{int(at * 1000) % 1000:03d}Z"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def append(entry: dict[str, Any], path: Path | None = None) -> dict[str, Any]:
@@ -56,7 +49,7 @@ def append(entry: dict[str, Any], path: Path | None = None) -> dict[str, Any]:
     finally:
         os.close(fd)  # closing drops the lock
     if created:
-        _fsync_dir(path.parent)
+        jsonfile.fsync_dir(path.parent)
     return doc
 
 
@@ -74,15 +67,7 @@ def read(path: Path | None = None) -> list[dict[str, Any]]:
 def write_json(path: Path, doc: Any) -> None:
     """Replace a file atomically and durably (write, fsync, rename, fsync the directory)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, (json.dumps(doc, indent=1, default=str) + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    jsonfile.write(path, doc, durable=True)
 
 
 def read_json(path: Path) -> Any:

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from mayday import jsonfile
 from mayday.paths import state_dir
 
 DEFERRED, OPEN, RESOLVING = "deferred", "open", "resolving"
@@ -59,10 +60,7 @@ def _pages() -> Iterator[dict[str, Any]]:
         before = json.dumps(doc, sort_keys=True)
         yield doc
         if json.dumps(doc, sort_keys=True) != before:
-            tmp = f"{path}.tmp-{os.getpid()}"
-            with open(tmp, "w") as out:
-                json.dump(doc, out, indent=2)
-            os.replace(tmp, path)
+            jsonfile.write(path, doc, indent=2)
 
 
 def _key(channel: str, group: str) -> str:

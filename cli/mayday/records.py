@@ -11,7 +11,7 @@ import os
 import time
 from typing import Any
 
-from mayday import timing
+from mayday import jsonfile, timing
 from mayday.paths import state_dir as _state_path
 
 
@@ -27,14 +27,6 @@ def state_dir() -> str:
 def parse_utc(stamp: str) -> float:
     base, _, frac = stamp.rstrip("Z").partition(".")
     return calendar.timegm(time.strptime(base, "%Y-%m-%dT%H:%M:%S")) + float(f"0.{frac or 0}")
-
-
-def _write_json(path: str, doc: Any) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as handle:
-        json.dump(doc, handle, indent=2, sort_keys=False, default=str)
-        handle.write("\n")
-    os.replace(tmp, path)
 
 
 def read_json(path: str) -> Any:
@@ -54,7 +46,8 @@ def open_incident(meta: dict[str, Any]) -> tuple[str, str]:
             os.mkdir(path)
         except FileExistsError:
             continue
-        _write_json(os.path.join(path, "incident.json"), dict(meta, incident=incident_id, opened=utc_now()))
+        opened = dict(meta, incident=incident_id, opened=utc_now())
+        jsonfile.write(os.path.join(path, "incident.json"), opened, indent=2)
         return incident_id, path
     raise RuntimeError("could not allocate an incident id")
 
@@ -144,7 +137,7 @@ def close_incident(incident_dir: str, outcome: str, summary: str, extra: dict[st
     if meta.get("alert"):  # started by an alert (mayday serve, or -e mayday_alert=...)
         report["alert_timing"] = timing.alert_timing(meta["alert"], meta["opened"], events, downtime, outcome)
     report["hosts"] = sorted({e["host"] for e in events if e.get("host")} | set(meta.get("hosts") or []))
-    _write_json(os.path.join(incident_dir, "report.json"), report)
+    jsonfile.write(os.path.join(incident_dir, "report.json"), report, indent=2)
     with open(os.path.join(incident_dir, "report.md"), "w") as handle:
         handle.write(render_markdown(report))
     return report
@@ -206,5 +199,5 @@ def _alert_lines(r: dict[str, Any]) -> list[str]:
 def write_run(run_id: str, doc: dict[str, Any]) -> str:
     path = os.path.join(state_dir(), "runs", run_id)
     os.makedirs(path, exist_ok=True)
-    _write_json(os.path.join(path, "mayday-run.json"), doc)
+    jsonfile.write(os.path.join(path, "mayday-run.json"), doc, indent=2)
     return path

@@ -5,9 +5,10 @@ receiver's token) must not stay there: their values are replaced, by the variabl
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
+
+from mayday import jsonfile
 
 SECRET_NAME = re.compile(r"PASS|TOKEN|SECRET|KEY|WEBHOOK|CREDENTIAL|AUTH|_URL$", re.IGNORECASE)
 HIDDEN = "***"
@@ -26,8 +27,5 @@ def scrub_command_artifact(path: Path) -> bool:
     if not hidden:
         return False
     doc["env"] = {**env, **hidden}
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(doc, ensure_ascii=False))
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    jsonfile.write(path, doc, indent=None)
     return True

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mayday import jsonfile
 from mayday.drills import data_loss
 from mayday.paths import state_dir
 
@@ -219,10 +220,7 @@ def build(directory: Path, plan: dict[str, Any], meta: dict[str, Any]) -> dict[s
 def write(directory: Path, journal: dict[str, Any]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "journal.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(journal, indent=1, sort_keys=True, default=str))
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    jsonfile.write(path, journal, sort_keys=True)
     return path
 
 
