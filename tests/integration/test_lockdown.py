@@ -181,6 +181,27 @@ def test_unconfirmed_lockdown_is_undone_by_the_hosts_and_no_longer_counts(calm: 
     assert out.returncode == 0, "an expired lockdown should not block a new one: " + out.stdout + out.stderr
 
 
+def test_a_slow_health_check_still_proves_the_limit(calm: Mayday) -> None:
+    """A loaded host answers slowly. The proof's requests sent one after another (ci-19) stayed under
+    the rate, got no 429, and the lockdown failed with the limit taken back; sent as a flood arrives,
+    the limit shows at any speed."""
+    slow = f"{APP}/current/.lab-slow-ms"  # the lab app sleeps this long in every health check
+    sh("web1", f"echo 300 > {slow}")
+    try:
+        took = float(sh("web1", "curl -s -o /dev/null -w '%{time_total}' http://127.0.0.1/health-check"))
+        assert took >= 0.3, f"the health check answered in {took} s: not slowed"
+        out = calm.run("lockdown", "--rate-limit", "--limit", "web1", "--for", "10m", "--skip-evidence",
+                       "--reason", "test: slow health check")
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+        assert sh("web1", f"test -f {LIMIT_CONF} && echo on", check=False).strip() == "on"
+        assert "nginx rate limit" in json.dumps(leases("web1")["records"])
+    finally:
+        sh("web1", f"rm -f {slow}")
+    out = calm.run("lockdown", "lift", "--limit", "web1")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert sh("web1", f"test -f {LIMIT_CONF} && echo on || echo off").strip() == "off"
+
+
 def test_evidence_first_then_isolation_and_lift_restores_the_ruleset(calm: Mayday) -> None:
     rules_before = sh("web1", "nft -s list ruleset")
     ssh_before = sh("web1", SSH_TREE)
