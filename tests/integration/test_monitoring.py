@@ -153,9 +153,9 @@ def test_broken_health_check_alerts_the_controller_and_resolves(monitoring: dict
     wait_for("no HealthCheckFailing alert left for web1", lambda: not [
         a for a in api(prometheus, "/api/v1/alerts")["alerts"]
         if a["labels"].get("alertname") == "HealthCheckFailing" and a["labels"].get("host") == "web1"], 60)
-    # Nor in Alertmanager: one whose resolution it never got (Prometheus reloaded while the earlier
-    # file reset mon1) stays active until its endsAt, minutes away, and absorbs the new alert with its
-    # old start (ci-22). Resolved here as Prometheus would have resolved it.
+    # Nor in Alertmanager: one left by an earlier file whose resolution it never got stays active until
+    # its endsAt, minutes away, and absorbs the new alert with its old start (ci-22). Resolved here as
+    # Prometheus would have resolved it.
     alertmanager = monitoring["urls"]["alertmanager"]
 
     def stale() -> list[dict[str, Any]]:
