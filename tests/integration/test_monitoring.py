@@ -114,6 +114,11 @@ def health_alerts(posts: list[dict[str, Any]], status: str, since: float) -> lis
             and epoch(alert["startsAt"]) >= since]
 
 
+def is_web1_health(alert: dict[str, Any]) -> bool:
+    """The health alert of web1, the host this test breaks (Prometheus's and Alertmanager's shapes alike)."""
+    return bool(alert["labels"].get("alertname") == "HealthCheckFailing" and alert["labels"].get("host") == "web1")
+
+
 def test_broken_health_check_alerts_the_controller_and_resolves(monitoring: dict[str, Any],
                                                                 record_property: Any) -> None:
     server: Receiver = monitoring["server"]
@@ -151,16 +156,14 @@ def test_broken_health_check_alerts_the_controller_and_resolves(monitoring: dict
     # No health alert for web1 left active from an earlier file: one still firing when the fault comes
     # keeps its old start and is not sent again (repeat_interval), which the rehearsal's failure was.
     wait_for("no HealthCheckFailing alert left for web1", lambda: not [
-        a for a in api(prometheus, "/api/v1/alerts")["alerts"]
-        if a["labels"].get("alertname") == "HealthCheckFailing" and a["labels"].get("host") == "web1"], 60)
+        a for a in api(prometheus, "/api/v1/alerts")["alerts"] if is_web1_health(a)], 60)
     # Nor in Alertmanager: one left by an earlier file whose resolution it never got stays active until
     # its endsAt, minutes away, and absorbs the new alert with its old start (ci-22). Resolved here as
     # Prometheus would have resolved it.
     alertmanager = monitoring["urls"]["alertmanager"]
 
     def stale() -> list[dict[str, Any]]:
-        return [a for a in am(alertmanager, "/api/v2/alerts?active=true")
-                if a["labels"].get("alertname") == "HealthCheckFailing" and a["labels"].get("host") == "web1"]
+        return [a for a in am(alertmanager, "/api/v2/alerts?active=true") if is_web1_health(a)]
 
     for alert in stale():
         am(alertmanager, "/api/v2/alerts", [{"labels": alert["labels"], "startsAt": alert["startsAt"],
@@ -173,8 +176,7 @@ def test_broken_health_check_alerts_the_controller_and_resolves(monitoring: dict
 
     def firing() -> float | None:
         alerts = api(prometheus, "/api/v1/alerts")["alerts"]
-        return time.time() if any(a["labels"].get("alertname") == "HealthCheckFailing" and a["state"] == "firing"
-                                  and a["labels"].get("host") == "web1" for a in alerts) else None
+        return time.time() if any(is_web1_health(a) and a["state"] == "firing" for a in alerts) else None
 
     fired = wait_for("HealthCheckFailing firing for web1", firing, 45)
     post, alert = wait_for("the firing alert at the receiver",
