@@ -84,6 +84,11 @@ def logins(lab_up: None, tmp_path: Path) -> Iterator[Path]:
         done
         echo 'AllowUsers mayday {OUTSIDER} {BREAK_GLASS}' > {WIDEN}
         sshd -t; systemctl reload ssh""")
+    # The reload returns once sshd has its SIGHUP, before it re-reads the configuration: on a loaded
+    # machine the first login still met the old AllowUsers (ci-24). The test asserts the logins.
+    deadline = time.monotonic() + 30
+    while not logs_in(OUTSIDER, key) and time.monotonic() < deadline:
+        time.sleep(0.5)
     try:
         yield key
     finally:
