@@ -25,6 +25,19 @@ options:
   incident: {type: str, default: "", description: The incident, on the lease.}
   probe_url: {type: str, default: "http://127.0.0.1/health-check", description: What the proving burst requests.}
   probe_count: {type: int, default: 60, description: Requests in the proving burst.}
+  trusted_proxies:
+    type: list
+    elements: str
+    default: []
+    description:
+      - Addresses or CIDRs of the load balancers or proxies in front of nginx. Behind them every client
+        arrives from the proxy's address, so without this list all users share one bucket and the limit
+        throttles the whole site. With it, requests from these addresses are keyed by the client address
+        in I(client_header) (nginx C(set_real_ip_from), C(real_ip_recursive)); anyone else's header is ignored.
+  client_header:
+    type: str
+    default: X-Forwarded-For
+    description: The header the trusted proxies put the client address in (nginx C(real_ip_header)).
   host_label: {type: str, description: "Name of the host in the summary (inventory_hostname)."}
 author: mayday
 """
@@ -44,6 +57,7 @@ summary: {description: One line naming the host., type: str, returned: always}
 """
 
 import os
+import re
 import socket
 import time
 import urllib.error
@@ -73,11 +87,31 @@ class RateLimitError(Exception):
     pass
 
 
-def config(rate, burst):
-    return ("# mayday rate limit (a lease removes it at expiry; `mayday lockdown lift` now)\n"
-            f"limit_req_zone $binary_remote_addr zone=mayday_rate_limit:10m rate={rate}r/s;\n"
-            f"limit_req zone=mayday_rate_limit burst={burst} nodelay;\n"
-            "limit_req_status 429;\n")
+PROXY = re.compile(r"unix:|[0-9A-Fa-f:.]+(/[0-9]{1,3})?")
+HEADER = re.compile(r"[A-Za-z0-9-]{1,64}")
+
+
+def config(rate, burst, trusted_proxies=(), client_header="X-Forwarded-For"):
+    """The rule, keyed by the client address; behind trusted proxies the realip module makes that the
+    address the proxy reports, so each user behind a load balancer gets a bucket of their own."""
+    lines = ["# mayday rate limit (a lease removes it at expiry; `mayday lockdown lift` now)"]
+    if trusted_proxies:
+        lines += [f"set_real_ip_from {proxy};" for proxy in trusted_proxies]
+        lines += [f"real_ip_header {client_header};", "real_ip_recursive on;"]
+    lines += [f"limit_req_zone $binary_remote_addr zone=mayday_rate_limit:10m rate={rate}r/s;",
+              f"limit_req zone=mayday_rate_limit burst={burst} nodelay;",
+              "limit_req_status 429;"]
+    return "\n".join(lines) + "\n"
+
+
+def check_proxies(trusted_proxies, client_header):
+    bad = [proxy for proxy in trusted_proxies if not PROXY.fullmatch(proxy)]
+    if bad:
+        raise RateLimitError(f"trusted_proxies: {bad} are not addresses; valid: IPv4 or IPv6 addresses or CIDRs "
+                             "(10.0.0.0/8, 2001:db8::/32) or unix:")
+    if not HEADER.fullmatch(client_header):
+        raise RateLimitError(f"client_header {client_header!r} is not a header name; valid: letters, digits "
+                             "and '-', e.g. X-Forwarded-For or X-Real-IP")
 
 
 def run(argv):
@@ -147,6 +181,8 @@ def main():
             "burst": {"type": "int", "default": 20},
             "probe_url": {"type": "str", "default": "http://127.0.0.1/health-check"},
             "probe_count": {"type": "int", "default": 60},
+            "trusted_proxies": {"type": "list", "elements": "str", "default": []},
+            "client_header": {"type": "str", "default": "X-Forwarded-For"},
             **LEASED_CHANGE_ARGS,
         },
         supports_check_mode=True,
@@ -160,6 +196,9 @@ def main():
         if not 1 <= p["rate"] <= 100000 or not 0 <= p["burst"] <= 100000:
             raise RateLimitError(f"rate {p['rate']} / burst {p['burst']} out of range; valid: rate 1..100000, "
                                  "burst 0..100000")
+        check_proxies(p["trusted_proxies"], p["client_header"])
+        report["keyed_by"] = (f"{p['client_header']} from {', '.join(p['trusted_proxies'])}, else the client address"
+                              if p["trusted_proxies"] else "the client address (no trusted proxies)")
         seconds = check_bounds(parse_duration(p["duration"]), parse_duration(p["lease_min"]),
                                parse_duration(p["lease_max"])) if p["state"] == "on" else 0
         if module.check_mode:
@@ -170,7 +209,7 @@ def main():
             module.exit_json(changed=would != "nothing", report=report, msg=f"{host}: would {would}",
                              summary=f"{host}: would {would}")
         if p["state"] == "on":
-            wanted = config(p["rate"], p["burst"])
+            wanted = config(p["rate"], p["burst"], p["trusted_proxies"], p["client_header"])
             previous = None
             if os.path.exists(CONF):
                 with open(CONF) as handle:
@@ -203,7 +242,7 @@ def main():
                 leases.release(lease["id"], revert=True)  # not proven: nothing half-on stays behind
                 raise
             msg = (f"rate limit {p['rate']} r/s burst {p['burst']} on, lease {lease['id']} until {lease['expires']}; "
-                   f"a burst of {probe['sent']} got {probe['limited']} 429s")
+                   f"a burst of {probe['sent']} got {probe['limited']} 429s; keyed by {report['keyed_by']}")
         else:
             old = workers()
             if before["lease"]:

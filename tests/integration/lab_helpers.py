@@ -53,6 +53,14 @@ def dexec(host: str, script: str, check: bool = True, timeout: float = 60) -> st
     return docker("exec", PREFIX + host, "sh", "-c", script, check=check, timeout=timeout).stdout
 
 
+def lab_address(host: str) -> str:
+    """The host's IPv4 address on the lab network."""
+    fmt = f'{{{{with index .NetworkSettings.Networks "{LAB_NAME}"}}}}{{{{.IPAddress}}}}{{{{end}}}}'
+    found = docker("inspect", "-f", fmt, PREFIX + host).stdout.strip()
+    assert found, f"{host} has no address on {LAB_NAME}"
+    return found
+
+
 def base_env(state_dir: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update(

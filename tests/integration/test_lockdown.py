@@ -14,10 +14,13 @@ import os
 import stat
 import tarfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Generator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from lab_helpers import APP, Mayday, dexec
+from lab_helpers import APP, Mayday, dexec, lab_address
 from test_db_emergencies import (
     DB1,
     LEASES,
@@ -200,6 +203,42 @@ def test_a_slow_health_check_still_proves_the_limit(calm: Mayday) -> None:
     out = calm.run("lockdown", "lift", "--limit", "web1")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert sh("web1", f"test -f {LIMIT_CONF} && echo on || echo off").strip() == "off"
+
+
+def forwarded(url: str, client: str, count: int, at_once: int) -> list[int]:
+    """`count` requests from this machine (the lab network's gateway, the lab's load balancer), each
+    naming `client` in X-Forwarded-For as a load balancer does; `at_once` of them in flight."""
+    def one(_: int) -> int:
+        request = urllib.request.Request(url, headers={"X-Forwarded-For": client})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return int(answer.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    with ThreadPoolExecutor(max_workers=at_once) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def test_behind_a_load_balancer_each_client_gets_its_own_limit(calm: Mayday) -> None:
+    """Behind a load balancer every user arrives from its address. Keyed by that address (before
+    mayday_rate_limit.trusted_proxies), one client's flood got every user 429s; keyed by the client
+    the balancer names, the flood is limited and the next user is served. The header from a host
+    that is not a trusted proxy is ignored: a new X-Forwarded-For per request buys no fresh limit."""
+    out = calm.run("lockdown", "--rate-limit", "--limit", "web1", "--for", "10m", "--skip-evidence",
+                   "--reason", "test: behind a load balancer")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    url = f"http://{lab_address('web1')}/health-check"
+    flood = forwarded(url, "198.51.100.7", 60, at_once=30)
+    assert 429 in flood, f"a client's flood through the balancer was not limited: {flood}"
+    served = forwarded(url, "198.51.100.8", 5, at_once=1)
+    assert 429 not in served, f"another client paid for the flood: {served}"
+    spoofed = sh("web2", "for i in $(seq 60); do curl -s -o /dev/null -w '%{http_code} ' "
+                         f"-H \"X-Forwarded-For: 203.0.113.$i\" {url} & done; wait").split()
+    assert "429" in spoofed, f"an untrusted host escaped the limit with made-up client addresses: {spoofed}"
+    out = calm.run("lockdown", "lift", "--limit", "web1")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert 429 not in forwarded(url, "198.51.100.7", 60, at_once=30), "the limit outlived the lift"
 
 
 def test_evidence_first_then_isolation_and_lift_restores_the_ruleset(calm: Mayday) -> None:

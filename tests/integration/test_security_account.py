@@ -26,7 +26,7 @@ from lab_helpers import (
     ROOT,
     Mayday,
     dexec,
-    docker,
+    lab_address,
     run_setup_playbook,
 )
 
@@ -44,8 +44,7 @@ def output(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def ssh_argv(user: str, key: Path) -> list[str]:
-    fmt = f'{{{{with index .NetworkSettings.Networks "{LAB_NAME}"}}}}{{{{.IPAddress}}}}{{{{end}}}}'
-    addr = docker("inspect", "-f", fmt, f"{LAB_NAME}-{HOST}").stdout.strip()
+    addr = lab_address(HOST)
     return ["ssh", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
             "-o", "StrictHostKeyChecking=yes", "-o", "GlobalKnownHostsFile=/dev/null",
             "-o", f"UserKnownHostsFile={SSH_DIR / 'known_hosts'}", "-o", f"HostKeyAlias={LAB_NAME}-{HOST}",
