@@ -12,7 +12,8 @@ description:
     with C(AllowGroups BREAK-GLASS-GROUP) closed by C(Match all), checks the whole configuration with
     C(sshd -t) (a failing check puts the previous state back and changes nothing else), grants a lease
     (key C(auth-lockdown:sshd)) whose revert removes the file and reloads sshd, reloads sshd (open sessions
-    stay) and proves with C(sshd -T -C) that the operator is not restricted and any other user is.
+    stay), waits until the running sshd has re-read its configuration (it listens on new sockets after
+    re-executing itself), and proves with C(sshd -T -C) that the operator is not restricted and any other user is.
   - The lockdown only narrows who logs in - a user the site's own configuration refuses stays refused.
   - No C(/run/nologin) - pam_nologin would refuse the operator too (a non-root user).
   - Turning it on again keeps the lease and moves its expiry.
@@ -50,6 +51,7 @@ import os
 import pwd
 import re
 import socket
+import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.mayday_lease import (
@@ -68,6 +70,7 @@ KEY = "auth-lockdown:sshd"
 NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 PROBE_USER = "mayday-lockdown-probe"  # no such account needed: sshd -T -C evaluates the rules for a name
 TIMEOUT_S = 30
+RELOAD_WAIT_S = 15
 NOBODY = "mayday-nobody-logs-in"  # AllowGroups of a group nobody is in: no break-glass group given
 
 
@@ -115,6 +118,52 @@ def effective(user):
         if key in found:
             found[key] += value.split()
     return found
+
+
+def listening_sockets(unit):
+    """Inodes of the TCP sockets sshd's main process listens on. A reload (SIGHUP) makes sshd execute
+    itself anew, read its configuration, then listen on new sockets: new inodes show the running daemon
+    has the new rules, which sshd -T (the files) cannot. Empty when nothing listens for the unit
+    (socket activation: each connection reads the files)."""
+    pid = run(["systemctl", "show", "-p", "MainPID", "--value", unit], check=False).stdout.strip()
+    if not pid.isdigit() or pid == "0":
+        return set()
+    listening = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table, encoding="ascii") as handle:
+                listening |= {f[9] for f in (line.split() for line in handle) if f[3] == "0A"}
+        except OSError:
+            continue
+    owned = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                owned.add(target[len("socket:["):-1])
+    except OSError:
+        return set()
+    return owned & listening
+
+
+def wait_reloaded(unit, before):
+    """Until sshd listens again on sockets it did not have before the reload; `systemctl reload`
+    returns as soon as the signal is sent."""
+    if not before:
+        return 0.0
+    started = time.monotonic()
+    while True:
+        now = listening_sockets(unit)
+        if now and not now & before:
+            return round(time.monotonic() - started, 2)
+        if time.monotonic() - started > RELOAD_WAIT_S:
+            raise AuthLockdownError(f"sshd has not re-read its configuration {RELOAD_WAIT_S} s after the reload (it "
+                                    "still listens on the sockets it had before): the running daemon keeps the old "
+                                    "rules")
+        time.sleep(0.1)
 
 
 def state_now(leases):
@@ -209,7 +258,9 @@ def main():
                                     [["rm", "-f", CONF], reload], seconds, kind="auth-lockdown")
             report["lease"] = {k: lease[k] for k in ("id", "expires", "incident")}
             try:
+                listening = listening_sockets(unit)
                 run(reload)
+                report["reload_taken_s"] = wait_reloaded(unit, listening)
                 report["proof"] = prove(operator, group, True)
             except AuthLockdownError:
                 leases.release(lease["id"], revert=True)  # not proven: nothing half-on stays behind
@@ -217,11 +268,14 @@ def main():
             msg = (f"no new SSH logins but {operator}" + (f" and group {group}" if group else "")
                    + f", lease {lease['id']} until {lease['expires']}; open sessions kept")
         else:
+            listening = listening_sockets(unit)
             if before["lease"]:
                 leases.release(before["lease"]["id"], revert=True)  # its revert removes the file, reloads
             if os.path.exists(CONF):  # a drop-in whose lease is gone: removed all the same
                 os.remove(CONF)
                 run(reload)
+            if before["lease"] or before["locked"]:
+                report["reload_taken_s"] = wait_reloaded(unit, listening)
             report["proof"] = prove(operator or "root", group, False)
             msg = "SSH logins open again" + (f", lease {before['lease']['id']} released" if before["lease"] else "")
         report["after"] = state_now(leases)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from lab_helpers import ANSIBLE_PLAYBOOK, LAB_NAME, ROOT, base_env, dexec, docker
+from lab_helpers import ANSIBLE_PLAYBOOK, LAB_NAME, ROOT, base_env, dexec, lab_address
 
 HOST = "web1"
 SSH_DIR = ROOT / ".mayday-lab" / LAB_NAME / "ssh"
@@ -29,13 +30,6 @@ OUTSIDER = "outsider"
 BREAK_GLASS = "breakglass"  # inventories/lab: mayday_break_glass_users, in group mayday-breakglass
 
 
-def address(host: str) -> str:
-    fmt = f'{{{{with index .NetworkSettings.Networks "{LAB_NAME}"}}}}{{{{.IPAddress}}}}{{{{end}}}}'
-    found = docker("inspect", "-f", fmt, f"{LAB_NAME}-{host}").stdout.strip()
-    assert found, f"{host} has no address on {LAB_NAME}"
-    return found
-
-
 def ssh_argv(user: str, key: Path, control: Path | None = None) -> list[str]:
     """ssh as `user`, host key checked; a fresh connection, or (control) a master others reuse."""
     mux = ["-o", "ControlMaster=yes", "-o", f"ControlPath={control}", "-N"] if control else [
@@ -43,7 +37,7 @@ def ssh_argv(user: str, key: Path, control: Path | None = None) -> list[str]:
     return ["ssh", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
             "-o", "StrictHostKeyChecking=yes", "-o", "GlobalKnownHostsFile=/dev/null",
             "-o", f"UserKnownHostsFile={SSH_DIR / 'known_hosts'}", "-o", f"HostKeyAlias={LAB_NAME}-{HOST}",
-            *mux, f"{user}@{address(HOST)}"]
+            *mux, f"{user}@{lab_address(HOST)}"]
 
 
 def logs_in(user: str, key: Path) -> bool:
@@ -168,3 +162,27 @@ def test_a_broken_sshd_config_changes_nothing(logins: Path, tmp_path: Path) -> N
     assert etc_ssh() == broken and not [f for f in lease_files() if f.startswith("auth-lockdown-")]
     dexec(HOST, f"sed -i '/NoSuchKeyword/d' {WIDEN}")
     assert hashlib.sha256(etc_ssh().encode()).hexdigest() == before
+
+
+def test_a_reload_sshd_does_not_take_is_not_reported_as_a_lockdown(logins: Path, tmp_path: Path) -> None:
+    """`systemctl reload` returns once the signal is sent, and `sshd -T` reads the files, not the
+    daemon. With a reload that never reaches sshd (a unit whose ExecReload does nothing), the
+    lockdown reported "no new logins" while outsider still got in. Now it waits for the running sshd
+    to re-read its configuration, and without that it fails and takes its drop-in back."""
+    key = logins
+    override = "/etc/systemd/system/ssh.service.d/zz-test-reload-does-nothing.conf"
+    dexec(HOST, f"mkdir -p {os.path.dirname(override)}; "
+                f"printf '[Service]\\nExecReload=\\nExecReload=/bin/true\\n' > {override}; systemctl daemon-reload")
+    try:
+        before = etc_ssh()
+        result_file = tmp_path / "no-reload.json"
+        out = subprocess.run([ANSIBLE_PLAYBOOK, "-i", SSH_INVENTORY, PLAYBOOK, "-e", f"auth_hosts={HOST}",
+                              "-e", f"auth_result_file={result_file}"], cwd=ROOT, env=base_env(), capture_output=True,
+                             text=True, timeout=180, check=False)
+        assert out.returncode != 0, "the lockdown was reported in force while the running sshd kept its old rules"
+        assert json.loads(result_file.read_text())["report"]["after"]["locked"] is False
+        assert etc_ssh() == before, "the drop-in stayed after a lockdown that did not take"
+        assert not [f for f in lease_files() if f.startswith("auth-lockdown-")], "a lease outlived the failed step"
+        assert logs_in(OUTSIDER, key), "outsider was shut out by a lockdown reported as failed"
+    finally:
+        dexec(HOST, f"rm -f {override}; systemctl daemon-reload", check=False)
