@@ -32,12 +32,13 @@ options:
     description:
       - Addresses or CIDRs of the load balancers or proxies in front of nginx. Behind them every client
         arrives from the proxy's address, so without this list all users share one bucket and the limit
-        throttles the whole site. With it, requests from these addresses are keyed by the client address
-        in I(client_header) (nginx C(set_real_ip_from), C(real_ip_recursive)); anyone else's header is ignored.
+        throttles the whole site. With it, requests from these addresses are keyed by the last address in
+        I(client_header) (the client the proxy saw); anyone else's header is ignored, and only the limit's
+        key changes (C($remote_addr), logs and access rules see what they saw before).
   client_header:
     type: str
     default: X-Forwarded-For
-    description: The header the trusted proxies put the client address in (nginx C(real_ip_header)).
+    description: The header the trusted proxies add the client address to (its last address is the key).
   host_label: {type: str, description: "Name of the host in the summary (inventory_hostname)."}
 author: mayday
 """
@@ -87,18 +88,32 @@ class RateLimitError(Exception):
     pass
 
 
-PROXY = re.compile(r"unix:|[0-9A-Fa-f:.]+(/[0-9]{1,3})?")
+PROXY = re.compile(r"[0-9A-Fa-f:.]+(/[0-9]{1,3})?")
 HEADER = re.compile(r"[A-Za-z0-9-]{1,64}")
 
 
 def config(rate, burst, trusted_proxies=(), client_header="X-Forwarded-For"):
-    """The rule, keyed by the client address; behind trusted proxies the realip module makes that the
-    address the proxy reports, so each user behind a load balancer gets a bucket of their own."""
+    """The rule, keyed by the client address. From a trusted proxy the key is the last address in its
+    header (the one the proxy saw; anything before it the client may have written), so each user
+    behind a load balancer gets a limit of their own. Only the limit's key changes: $remote_addr,
+    logs, allow/deny rules and the app see what they saw before."""
     lines = ["# mayday rate limit (a lease removes it at expiry; `mayday lockdown lift` now)"]
+    key = "$binary_remote_addr"
     if trusted_proxies:
-        lines += [f"set_real_ip_from {proxy};" for proxy in trusted_proxies]
-        lines += [f"real_ip_header {client_header};", "real_ip_recursive on;"]
-    lines += [f"limit_req_zone $binary_remote_addr zone=mayday_rate_limit:10m rate={rate}r/s;",
+        header = "$http_" + client_header.lower().replace("-", "_")
+        lines += ["geo $mayday_rate_limit_via_proxy {", "    default 0;"]
+        lines += [f"    {proxy} 1;" for proxy in trusted_proxies]
+        lines += ["}",
+                  f"map {header} $mayday_rate_limit_forwarded {{",
+                  '    "~(?<last>[^,\\s]+)\\s*$" $last;',
+                  "    default $binary_remote_addr;",
+                  "}",
+                  "map $mayday_rate_limit_via_proxy $mayday_rate_limit_client {",
+                  "    1 $mayday_rate_limit_forwarded;",
+                  "    default $binary_remote_addr;",
+                  "}"]
+        key = "$mayday_rate_limit_client"
+    lines += [f"limit_req_zone {key} zone=mayday_rate_limit:10m rate={rate}r/s;",
               f"limit_req zone=mayday_rate_limit burst={burst} nodelay;",
               "limit_req_status 429;"]
     return "\n".join(lines) + "\n"
@@ -108,7 +123,7 @@ def check_proxies(trusted_proxies, client_header):
     bad = [proxy for proxy in trusted_proxies if not PROXY.fullmatch(proxy)]
     if bad:
         raise RateLimitError(f"trusted_proxies: {bad} are not addresses; valid: IPv4 or IPv6 addresses or CIDRs "
-                             "(10.0.0.0/8, 2001:db8::/32) or unix:")
+                             "(10.0.0.0/8, 2001:db8::/32)")
     if not HEADER.fullmatch(client_header):
         raise RateLimitError(f"client_header {client_header!r} is not a header name; valid: letters, digits "
                              "and '-', e.g. X-Forwarded-For or X-Real-IP")

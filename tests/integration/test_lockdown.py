@@ -205,11 +205,11 @@ def test_a_slow_health_check_still_proves_the_limit(calm: Mayday) -> None:
     assert sh("web1", f"test -f {LIMIT_CONF} && echo on || echo off").strip() == "off"
 
 
-def forwarded(url: str, client: str, count: int, at_once: int) -> list[int]:
-    """`count` requests from this machine (the lab network's gateway, the lab's load balancer), each
-    naming `client` in X-Forwarded-For as a load balancer does; `at_once` of them in flight."""
-    def one(_: int) -> int:
-        request = urllib.request.Request(url, headers={"X-Forwarded-For": client})
+def forwarded(url: str, headers: list[str], at_once: int) -> list[int]:
+    """One request per X-Forwarded-For value, from this machine (the lab network's gateway, the lab's
+    load balancer), as a load balancer forwards them; `at_once` of them in flight."""
+    def one(header: str) -> int:
+        request = urllib.request.Request(url, headers={"X-Forwarded-For": header})
         try:
             with urllib.request.urlopen(request, timeout=10) as answer:
                 return int(answer.status)
@@ -217,28 +217,31 @@ def forwarded(url: str, client: str, count: int, at_once: int) -> list[int]:
             return exc.code
 
     with ThreadPoolExecutor(max_workers=at_once) as pool:
-        return list(pool.map(one, range(count)))
+        return list(pool.map(one, headers))
 
 
 def test_behind_a_load_balancer_each_client_gets_its_own_limit(calm: Mayday) -> None:
     """Behind a load balancer every user arrives from its address. Keyed by that address (before
     mayday_rate_limit.trusted_proxies), one client's flood got every user 429s; keyed by the client
-    the balancer names, the flood is limited and the next user is served. The header from a host
-    that is not a trusted proxy is ignored: a new X-Forwarded-For per request buys no fresh limit."""
+    the balancer names, the flood is limited and the next user is served. Addresses a client writes
+    into the header itself, or a header from a host that is not a trusted proxy, buy no fresh limit."""
     out = calm.run("lockdown", "--rate-limit", "--limit", "web1", "--for", "10m", "--skip-evidence",
                    "--reason", "test: behind a load balancer")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     url = f"http://{lab_address('web1')}/health-check"
-    flood = forwarded(url, "198.51.100.7", 60, at_once=30)
+    flood = forwarded(url, ["198.51.100.7"] * 60, at_once=30)
     assert 429 in flood, f"a client's flood through the balancer was not limited: {flood}"
-    served = forwarded(url, "198.51.100.8", 5, at_once=1)
+    served = forwarded(url, ["198.51.100.8"] * 5, at_once=1)
     assert 429 not in served, f"another client paid for the flood: {served}"
+    # A client that writes addresses of its own into the header: the balancer appends the one it saw.
+    written = forwarded(url, [f"203.0.113.{i}, 198.51.100.9" for i in range(60)], at_once=30)
+    assert 429 in written, f"a client escaped the limit by writing made-up addresses before its own: {written}"
     spoofed = sh("web2", "for i in $(seq 60); do curl -s -o /dev/null -w '%{http_code} ' "
                          f"-H \"X-Forwarded-For: 203.0.113.$i\" {url} & done; wait").split()
     assert "429" in spoofed, f"an untrusted host escaped the limit with made-up client addresses: {spoofed}"
     out = calm.run("lockdown", "lift", "--limit", "web1")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
-    assert 429 not in forwarded(url, "198.51.100.7", 60, at_once=30), "the limit outlived the lift"
+    assert 429 not in forwarded(url, ["198.51.100.7"] * 60, at_once=30), "the limit outlived the lift"
 
 
 def test_evidence_first_then_isolation_and_lift_restores_the_ruleset(calm: Mayday) -> None:
