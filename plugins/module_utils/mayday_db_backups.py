@@ -31,9 +31,11 @@ except ImportError:  # imported directly (unit tests, bench)
 SHADOW_SUFFIX = "__mayday_shadow"
 # 2: checksums and object entries taken inside the dump's own snapshot (see verification()).
 MANIFEST_FORMAT = 2
-# Interruption tests stop a restore at a phase boundary: when the backup directory holds this file
-# (root's, not a symlink) naming a boundary, the restore writes <file>.reached there and waits (at
-# most FAULT_POINT_WAIT s) until the file is gone, so a test can kill it at exactly that point.
+# Interruption tests stop a restore at a phase boundary: with the module's fault_points on (only the
+# tests turn it on: MAYDAY_TEST_FAULT_POINTS=1 on the controller) and the backup directory holding this
+# file (root's, not a symlink) naming a boundary, the restore writes <file>.reached there and waits (at
+# most FAULT_POINT_WAIT s) until the file is gone, so a test can kill it at exactly that point. A file
+# left on a real host is ignored: two boundaries come while writes are stopped.
 FAULT_POINT_FILE = ".mayday-fault-point"
 FAULT_POINT_WAIT = 300
 BOUNDARIES = ("shadow-restored", "shadow-verified", "writes-stopped", "swapped", "writes-resumed", "recorded")
@@ -505,8 +507,10 @@ def _leftovers(eng, db, shadow, backup_dir, marker):
     return found
 
 
-def _boundary(backup_dir, name):
-    path = os.path.join(backup_dir, FAULT_POINT_FILE)
+def _boundary(params, name):
+    if not params.get("fault_points"):
+        return
+    path = os.path.join(params["backup_dir"], FAULT_POINT_FILE)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
@@ -589,7 +593,7 @@ def _restore(params, steps, changes, check_mode=False):
     changes.append(into_shadow)
     try:
         steps.run(into_shadow, eng.restore_into, path, shadow)
-        _boundary(backup_dir, "shadow-restored")
+        _boundary(params, "shadow-restored")
         steps.run("verify the shadow against the manifest", _matches, "restored copy does not match the backup",
                   expected, lambda: reduce(eng.fingerprint(shadow)))
     except DbError as failure:
@@ -599,19 +603,19 @@ def _restore(params, steps, changes, check_mode=False):
             raise DbError(f"{failure}; dropping {shadow} failed too: {exc}") from failure
         changes.remove(into_shadow)  # created and dropped again: nothing of it is left
         raise
-    _boundary(backup_dir, "shadow-verified")
+    _boundary(params, "shadow-verified")
     verified = eng.identity(shadow)
     try:
         try:
             changes.append("stop writes")
             steps.run("stop writes", eng.stop_writes, db, marker)
-            _boundary(backup_dir, "writes-stopped")
+            _boundary(params, "writes-stopped")
             changes.append(f"swap {shadow} in, the replaced database kept as {keep_as}")
             steps.run(f"swap in the restored database (old one kept as {keep_as})", eng.swap, db, shadow, keep_as)
-            _boundary(backup_dir, "swapped")
+            _boundary(params, "swapped")
         finally:
             steps.run("resume writes", eng.resume_writes, db, marker)
-        _boundary(backup_dir, "writes-resumed")
+        _boundary(params, "writes-resumed")
         # The live database must be the very one verified above, with every row count in place.
         steps.run("verify the live database is the verified copy (identity, row counts)", _matches,
                   "live database does not match the backup after the swap",
@@ -623,7 +627,7 @@ def _restore(params, steps, changes, check_mode=False):
         exc.live_touched = True
         raise
     _record_restore(backup_dir, {"backup": manifest["id"], "database": db, "identity": str(verified), "at": stamp()})
-    _boundary(backup_dir, "recorded")
+    _boundary(params, "recorded")
     report = {"backup": manifest["id"], "safety_backup": None, "previous_kept_as": keep_as,
               "rows_restored": sum(v["rows"] for t, v in manifest["tables"].items() if _is_table(t, v)),
               "tables": sum(1 for t, v in manifest["tables"].items() if _is_table(t, v)),

@@ -57,6 +57,12 @@ options:
     description: "Bounded waits in seconds: any of lock, pause, dump, restore (defaults 10, 30, 7200, 7200)."
 
   pgbouncer: {type: dict, description: "PostgreSQL only: {port, admin_user} of pgbouncer, paused during the swap."}
+  fault_points:
+    type: bool
+    default: false
+    description: >-
+      restore, tests only: stop at the phase boundary named in the backup directory's C(.mayday-fault-point)
+      file (see mayday_db_backups). Off, such a file is ignored.
   host_label: {type: str, description: "Name of the host in the summary (inventory_hostname); default: its hostname."}
 author: mayday
 """
@@ -199,6 +205,7 @@ def main():
             "disk_headroom_pct": {"type": "int", "default": 20},
             "timeouts": {"type": "dict", "default": {}},
             "pgbouncer": {"type": "dict"},
+            "fault_points": {"type": "bool", "default": False},
             "tables": {"type": "list", "elements": "str", "default": []},
             "time_column": {"type": "str", "default": "created_at"},
             "minutes": {"type": "int", "default": 60},

@@ -69,6 +69,7 @@ def base_env(state_dir: Path | None = None) -> dict[str, str]:
         NO_COLOR="1",
         COLUMNS="400",  # rich wraps stderr at 80 columns otherwise
         PATH=os.pathsep.join([str(VENV_BIN), env.get("PATH", "/usr/bin:/bin")]),
+        MAYDAY_TEST_FAULT_POINTS="1",  # restores honour the fault-point files the tests plant
     )
     env.pop("MAYDAY_HOME", None)
     if state_dir is not None:

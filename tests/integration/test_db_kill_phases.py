@@ -26,6 +26,8 @@ from lab_helpers import (
     BACKUP_DIR,
     KEPT_DB_PREFIX,
     LAB_DBS,
+    MAYDAY,
+    ROOT,
     SHADOW_DB,
     LabDb,
     Mayday,
@@ -235,3 +237,26 @@ def test_killed_at_a_phase_boundary_leaves_old_or_new_and_a_rerun_finishes(
     assert app_writes(db), "the application cannot write after the re-run"
     assert db.bash(f"ls -A {BACKUP_DIR} | grep -c '^.mayday-write-stop' || true").strip() == "0", \
         "the write-stop marker is left behind"
+
+
+def test_a_fault_point_file_left_on_a_host_stops_nothing(prepared: Prepared, tmp_path: Path) -> None:
+    """The fault points are the tests' hook. A file left behind on a real host made every restore wait
+    there up to 5 minutes, two of the boundaries with writes stopped. Without the tests' switch
+    (MAYDAY_TEST_FAULT_POINTS on the controller) the file is ignored."""
+    db = prepared.db
+    mayday = Mayday(tmp_path / "state")
+    mayday.state_dir.mkdir()
+    start_bad(prepared, mayday)
+    db.bash(f"rm -f {FAULT}.reached; printf %s writes-stopped > {FAULT}")
+    env = mayday.env()
+    del env["MAYDAY_TEST_FAULT_POINTS"]
+    try:
+        result = subprocess.run([MAYDAY, "restore", "--limit", db.host, "--json"], cwd=ROOT, env=env,
+                                stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False, timeout=150)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert db.bash(f"test -e {FAULT}.reached && echo stopped || echo went-on").strip() == "went-on"
+        assert fingerprint(db) == prepared.good
+        prepared.known_good = True
+        assert app_writes(db), "the application cannot write after the restore"
+    finally:
+        db.bash(f"rm -f {FAULT} {FAULT}.reached", check=False)
