@@ -208,12 +208,13 @@ def main():
     before = state_now(leases)
     report = {"before": before, "state": p["state"]}
     try:
-        if not 1 <= p["rate"] <= 100000 or not 0 <= p["burst"] <= 100000:
-            raise RateLimitError(f"rate {p['rate']} / burst {p['burst']} out of range; valid: rate 1..100000, "
-                                 "burst 0..100000")
-        check_proxies(p["trusted_proxies"], p["client_header"])
-        report["keyed_by"] = (f"{p['client_header']} from {', '.join(p['trusted_proxies'])}, else the client address"
-                              if p["trusted_proxies"] else "the client address (no trusted proxies)")
+        if p["state"] == "on":  # off never depends on these settings: a lift must always go through
+            if not 1 <= p["rate"] <= 100000 or not 0 <= p["burst"] <= 100000:
+                raise RateLimitError(f"rate {p['rate']} / burst {p['burst']} out of range; valid: rate 1..100000, "
+                                     "burst 0..100000")
+            check_proxies(p["trusted_proxies"], p["client_header"])
+            report["keyed_by"] = (f"{p['client_header']} from {', '.join(p['trusted_proxies'])}, else the client "
+                                  "address" if p["trusted_proxies"] else "the client address (no trusted proxies)")
         seconds = check_bounds(parse_duration(p["duration"]), parse_duration(p["lease_min"]),
                                parse_duration(p["lease_max"])) if p["state"] == "on" else 0
         if module.check_mode:

@@ -244,6 +244,21 @@ def test_behind_a_load_balancer_each_client_gets_its_own_limit(calm: Mayday) -> 
     assert 429 not in forwarded(url, ["198.51.100.7"] * 60, at_once=30), "the limit outlived the lift"
 
 
+def test_lift_goes_through_when_the_limit_settings_turned_invalid(calm: Mayday) -> None:
+    """A lift never depends on the rate limit's settings. With mayday_rate_limit changed since the
+    lockdown to values a lockdown refuses (rate 0, a proxy that is not an address), the limit in force
+    was kept: the lift was refused and the site stayed throttled until the lease ran out."""
+    out = calm.run("lockdown", "--rate-limit", "--limit", "web1", "--for", "10m", "--skip-evidence",
+                   "--reason", "test: lift with settings gone bad")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert sh("web1", f"test -f {LIMIT_CONF} && echo on", check=False).strip() == "on"
+    bad = json.dumps({"mayday_rate_limit": {"rate": 0, "trusted_proxies": ["not-an-address"]}})
+    out = playbook(calm, "security-lockdown.yml", "--limit", "web1", "-e", "op=lift", "-e", bad)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert sh("web1", f"test -f {LIMIT_CONF} && echo on || echo off").strip() == "off"
+    assert "429" not in burst_codes("web1"), "the limit is still in force after the lift"
+
+
 def test_evidence_first_then_isolation_and_lift_restores_the_ruleset(calm: Mayday) -> None:
     rules_before = sh("web1", "nft -s list ruleset")
     ssh_before = sh("web1", SSH_TREE)
