@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import json
@@ -70,10 +71,11 @@ def run_scenario(scenario: Scenario, extravars: dict[str, Any], inventory_name: 
                           on_progress=None if as_json else show_progress, phases=list(scenario.phases))
     if result.incident is None and result.rc == 0:
         raise BadInput(f"no host of {path} matched the scenario's hosts{' and --limit ' + limit if limit else ''}")
-    if scenario.name == "backup":
-        show_backups(result, as_json)
-    else:
-        summarize(result, as_json)
+    with contextlib.suppress(OSError):  # the terminal went away during the run: the record holds the summary
+        if scenario.name == "backup":
+            show_backups(result, as_json)
+        else:
+            summarize(result, as_json)
     sys.exit(result.exit_code)
 
 

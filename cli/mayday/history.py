@@ -31,6 +31,8 @@ def load_runs() -> list[dict[str, Any]]:
             run = json.loads(record.read_text())
         except (OSError, ValueError):
             continue
+        if run.get("status") == "running" and not _alive(run):
+            run["status"] = "died"  # killed without a word (SIGKILL, a reboot): not running any more
         timing = _timing(run.get("incident"))
         if timing:
             run["alert_timing"] = timing
@@ -52,13 +54,11 @@ def history_lines(runs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _alive(run: dict[str, Any]) -> bool:
+    holder = {"controller": run.get("controller"), "pid": run.get("pid"), "pid_start": run.get("pid_start")}
+    return bool(run.get("pid")) and not locks.is_stale(holder)
+
+
 def in_progress() -> list[dict[str, Any]]:
     """Runs whose record says running and whose ansible-playbook process is still the same one."""
-    live = []
-    for run in load_runs():
-        if run.get("status") != "running":
-            continue
-        holder = {"controller": run.get("controller"), "pid": run.get("pid"), "pid_start": run.get("pid_start")}
-        if run.get("pid") and not locks.is_stale(holder):
-            live.append(run)
-    return live
+    return [run for run in load_runs() if run.get("status") == "running"]

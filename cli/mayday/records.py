@@ -196,6 +196,48 @@ def _alert_lines(r: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+# Written by the CLI when the operator interrupts a run (Ctrl-C, SIGTERM); read by the pre-flight
+# verdict, which then refuses before any host changes.
+INTERRUPT_FILE = "interrupt.json"
+
+
+def interrupt_path(run_id: str) -> str:
+    return os.path.join(state_dir(), "runs", run_id, INTERRUPT_FILE)
+
+
+def mark_interrupted(run_id: str, signal_name: str) -> None:
+    path = interrupt_path(run_id)
+    if os.path.exists(path):
+        return  # the first interrupt is the one that counts
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    jsonfile.write(path, {"signal": signal_name, "at": utc_now()}, indent=2)
+
+
+def interrupted(run_id: str | None) -> dict[str, Any] | None:
+    if not run_id:
+        return None
+    try:
+        found = read_json(interrupt_path(run_id))
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else {"signal": "?"}
+
+
+def incident_of_run(run_id: str) -> str | None:
+    """The directory of the first incident a run opened, found by the run id in incident.json
+    (for a run that was killed before its record named it)."""
+    root = os.path.join(state_dir(), "incidents")
+    found = []
+    for name in os.listdir(root) if os.path.isdir(root) else []:
+        try:
+            meta = read_json(os.path.join(root, name, "incident.json"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(meta, dict) and meta.get("run_id") == run_id:
+            found.append((meta.get("opened") or "", os.path.join(root, name)))
+    return min(found)[1] if found else None
+
+
 def write_run(run_id: str, doc: dict[str, Any]) -> str:
     path = os.path.join(state_dir(), "runs", run_id)
     os.makedirs(path, exist_ok=True)

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mayday import records
+from mayday.interrupts import RunSignals
 from mayday.outcomes import EXIT_CODES
 from mayday.paths import project_root, state_dir
 from mayday.redact_env import scrub_command_artifact
@@ -55,7 +57,10 @@ class RunResult:
     @property
     def exit_code(self) -> int:
         if self.handed_over and self.handed_over.get("outcome") in EXIT_CODES:
-            return EXIT_CODES[self.handed_over["outcome"]]
+            handed = EXIT_CODES[self.handed_over["outcome"]]
+            own = EXIT_CODES.get((self.report or {}).get("outcome") or "", 1)
+            # A hand-over refused (interrupted, locked) after this run changed hosts is not "nothing changed".
+            return own if handed == 2 and own == 1 else handed
         if self.report and self.report.get("outcome") in EXIT_CODES:
             return EXIT_CODES[self.report["outcome"]]
         if self.rc == 0:
@@ -83,6 +88,33 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
 
 
+def close_abandoned(run_id: str, progress: Progress, duration: float) -> None:
+    """An abandoned run's incident record, closed ABANDONED with the timeline it reached (its own
+    report step never ran), and its run record, so history and the postmortem say what happened."""
+    where = f"{progress.phase} | {progress.task}".strip(" |") or "the start"
+    incident_dir = records.incident_of_run(run_id)
+    summary = (f"Abandoned by the operator (a second interrupt) during {where}. Hosts may be mid-change: each "
+               "finishes or undoes its own step, but nothing was verified, reported or sent by this run. Look at "
+               "`mayday status` and the hosts before the next run (the locks this run left are stale and replaced).")
+    if incident_dir and not os.path.exists(os.path.join(incident_dir, "report.json")):
+        records.append_event(incident_dir, {"started": records.utc_now(), "duration_s": 0, "host": None,
+                                            "phase": "Report", "step": "abandoned by the operator",
+                                            "result": "abandoned", "detail": where})
+        records.close_incident(incident_dir, "ABANDONED", summary, {})
+    path = state_dir() / "runs" / run_id / "mayday-run.json"
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        doc = {"run_id": run_id}
+    incident = os.path.basename(incident_dir) if incident_dir else None
+    if incident_dir:
+        doc["scenario"] = records.read_json(os.path.join(incident_dir, "incident.json")).get("scenario")
+    doc.update(status="abandoned", outcome="ABANDONED", duration_s=round(duration, 1),
+               incident=doc.get("incident") or incident,
+               incidents=doc.get("incidents") or ([incident] if incident else []))
+    records.write_run(run_id, doc)
+
+
 def run_playbook(
     playbook: str,
     inventory: Path,
@@ -105,9 +137,11 @@ def run_playbook(
     results: list[dict[str, Any]] = []
 
     scrubbed = False
+    signals = RunSignals(run_id)
+    show = on_progress
 
     def handle(event: dict[str, Any]) -> bool:
-        nonlocal scrubbed
+        nonlocal scrubbed, show
         if not scrubbed:  # the runner has written the environment to its command file: hide secrets now
             scrubbed = True
             scrub_command_artifact(runs / run_id / "command")
@@ -119,10 +153,17 @@ def run_playbook(
                 return True
             phase, _, task = name.partition(" | ")
             progress.phase, progress.task = (phase, task) if task else (progress.phase, name)
-            if on_progress:
-                on_progress(progress)
+            if show:
+                try:
+                    show(progress)
+                except OSError:  # the terminal went away (SIGHUP): the run goes on without it
+                    show = None
         elif kind == "runner_on_ok" and data.get("task_action") in COLLECTED_ACTIONS:
             results.append(dict(data.get("res") or {}, host=data.get("host")))
+        elif kind == "runner_on_ok" and data.get("task_action") == "mayday_scenario":
+            res = data.get("res") or {}
+            if "noop" in res and res.get("go") and not res.get("noop"):  # the pre-flight verdict said go
+                signals.changing = True
         elif kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
             res = data.get("res") or {}
             failures.append(f"{data.get('host')}: {res.get('msg', kind)}")
@@ -140,28 +181,37 @@ def run_playbook(
     private = Path(tempfile.mkdtemp(prefix="mayday-run-"))
     started = time.monotonic()
     try:
-        result = ansible_runner.run(
-            private_data_dir=str(private),
-            project_dir=str(root),
-            playbook=str(book),
-            inventory=str(inventory.resolve()),
-            extravars=extravars or {},
-            limit=limit,
-            cmdline=" ".join(cmdline) or None,
-            envvars=env,
-            artifact_dir=str(runs),
-            ident=run_id,
-            quiet=True,
-            event_handler=handle,
-            rotate_artifacts=0,
-        )
+        with signals:
+            result = ansible_runner.run(
+                private_data_dir=str(private),
+                project_dir=str(root),
+                playbook=str(book),
+                inventory=str(inventory.resolve()),
+                extravars=extravars or {},
+                limit=limit,
+                cmdline=" ".join(cmdline) or None,
+                envvars=env,
+                artifact_dir=str(runs),
+                ident=run_id,
+                quiet=True,
+                event_handler=handle,
+                # Only a second interrupt stops ansible-playbook (a SIGKILL of its process group, as a dead
+                # controller would): see mayday.interrupts. The runner looks every half second.
+                cancel_callback=signals.should_abandon,
+                settings={"pexpect_timeout": 0.5},
+                rotate_artifacts=0,
+            )
     finally:
         shutil.rmtree(private, ignore_errors=True)
         scrub_command_artifact(runs / run_id / "command")
     duration = time.monotonic() - started
+    if signals.should_abandon():
+        close_abandoned(run_id, progress, duration)
     record_path = runs / run_id / "mayday-run.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
-    incident = record.get("incident")
+    # A run killed before its record named the incident it opened: found by its run id.
+    found = None if record.get("incident") else records.incident_of_run(run_id)
+    incident = record.get("incident") or (os.path.basename(found) if found else None)
     report = report_md = None
     if incident:
         incident_dir = states / "incidents" / incident

@@ -1,7 +1,8 @@
 # The scenario skeleton's controller side, one task per stage (roles/scenario):
 #   open:   check the extra vars against the scenario table, open the incident, confirm
 #           production, take the lock (check mode: only report whether it is free);
-#   judge:  read every host's pre-flight probe and decide refusals and NOOP before any change;
+#   judge:  read every host's pre-flight probe and decide refusals and NOOP before any change
+#           (an operator's interrupt of the CLI before this point is a refusal);
 #   settle: name the hosts whose lock this run still holds, for the unlock that follows;
 #   finish: judge every host's result, measure downtime, notify, write the report, release the
 #           lock, and fail the run unless it recovered.
@@ -135,6 +136,10 @@ class ActionModule(ActionBase):
         opened = args.get("opened") or {}
         if not opened.get("go", False):
             return {"go": False, "noop": False, "refusals": list(opened.get("refusals") or ["not opened"])}
+        stop = records.interrupted(os.environ.get("MAYDAY_RUN_ID"))
+        if stop:  # the CLI was interrupted (Ctrl-C, SIGTERM) before this gate: no host changes
+            refusal = f"interrupted by the operator ({stop.get('signal')}) before anything changed"
+            return {"go": False, "noop": False, "refusals": [refusal], "msg": refusal}
         hosts = list(task_vars.get("ansible_play_hosts_all") or [])
         host_locks = self._host_values(task_vars, args.get("lock_var") or "scenario_reach", hosts)
         found = verdict.reachability(host_locks)

@@ -162,3 +162,22 @@ def test_close_incident_writes_reports_with_sub_steps(state):
     assert "| web1 | rollback |   switch release | ok | v10 -> v2 |" in md
     assert "| Operator | alice |" in md
     assert "Rolled back web1 to v2" in md
+
+
+def test_interrupt_mark_first_signal_counts_and_only_for_its_run(state):
+    assert records.interrupted("run-a") is None
+    assert records.interrupted(None) is None
+    records.mark_interrupted("run-a", "SIGINT")
+    records.mark_interrupted("run-a", "SIGTERM")
+    assert records.interrupted("run-a")["signal"] == "SIGINT"
+    assert records.interrupted("run-b") is None
+    assert oct(os.stat(records.interrupt_path("run-a")).st_mode & 0o777) == "0o600"
+
+
+def test_incident_of_run_finds_the_first_incident_the_run_opened(state):
+    assert records.incident_of_run("run-a") is None
+    _, first = records.open_incident({"run_id": "run-a", "scenario": "performance"})
+    records.open_incident({"run_id": "run-b"})
+    _, handed = records.open_incident({"run_id": "run-a", "scenario": "level1"})
+    assert handed != first
+    assert records.incident_of_run("run-a") == first
