@@ -15,7 +15,7 @@ import click
 from rich.console import Console
 
 from mayday import inventory as inv
-from mayday import locks
+from mayday import locks, rules
 from mayday.errors import BadInput, MaydayError
 from mayday.history import history_lines, in_progress, load_runs
 from mayday.runner import Progress, RunResult, run_playbook
@@ -33,6 +33,9 @@ def target_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @click.option("--check", is_flag=True, help="Dry run: change nothing, report what would change.")
     @click.option("--yes", is_flag=True, help="Confirm a run against a production inventory.")
     @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+    @click.option("--break-lock", "break_lock", default=None, metavar="INCIDENT",
+                  help="Break the run locks held by this incident's run on another controller that is gone "
+                       "(died, cancelled). A run alive on this controller is never broken.")
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         return func(*args, **kwargs)
@@ -143,11 +146,18 @@ def scenario_command(scenario: Scenario) -> click.Command:
     """A command for one entry of the scenario table: its options are the scenario's inputs."""
 
     def run(inventory_name: str | None, limit: str | None, check: bool, yes: bool, as_json: bool,
-            **given: Any) -> None:
+            break_lock: str | None, **given: Any) -> None:
         params, problems = scenario.check(given)
+        if break_lock is not None:
+            try:
+                break_lock = rules.incident_id(break_lock)
+            except rules.BadValue as exc:
+                problems = [*problems, f"--break-lock: {exc}"]
         if problems:
             raise BadInput("; ".join(problems))
         extravars = {k: v for k, v in {**params, **scenario.fixed}.items() if v is not None}
+        if break_lock:
+            extravars["mayday_break_lock"] = break_lock
         run_scenario(scenario, extravars, inventory_name, limit, check, yes, as_json)
 
     command = target_options(run)
@@ -282,6 +292,9 @@ def status(inventory_name: str | None, local: bool, as_json: bool) -> None:
         click.echo(f"locks on hosts: {len(held_hosts) or 'none'} of {len(doc['host_locks'])} hosts")
         for host, value in sorted(held_hosts.items()):
             click.echo(f"  {host}: {locks.describe(value['holder']) if value['holder'] else value['lock']}")
+        hints = sorted({locks.break_hint(v["holder"]) for v in held_hosts.values() if v["holder"]} - {""})
+        for hint in hints:  # held from another controller: how to get past it if that run is gone
+            click.echo(f"  {hint.lstrip('; ')}")
         for host in doc.get("unreachable") or []:
             click.echo(f"  {host}: did not answer")
         leased = [(host, lease) for host, found in sorted(doc["leases"].items()) for lease in found]

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mayday.paths import state_dir
+from mayday.rules import INCIDENT_ID
 
 HOST_LOCK_DIR = "/var/lib/mayday/run.lock"
 
@@ -52,6 +53,24 @@ def is_stale(holder: dict[str, Any]) -> bool:
     pid = int(holder.get("pid") or 0)
     started = process_start(pid) if pid > 0 else None
     return started is None or (holder.get("pid_start") is not None and started != str(holder["pid_start"]))
+
+
+def may_break(holder: dict[str, Any], break_lock: str | None = None) -> bool:
+    """Stale, or held by the incident the operator named (--break-lock) from another controller, whose
+    process this one cannot see. A run alive on this controller is never broken."""
+    if is_stale(holder):
+        return True
+    return bool(break_lock) and holder.get("incident") == break_lock and (
+        holder.get("controller", holder.get("host")) != socket.gethostname())
+
+
+def break_hint(holder: dict[str, Any]) -> str:
+    """How to get past a holder this controller cannot judge, named in every refusal for it."""
+    incident = str(holder.get("incident") or "")
+    if holder.get("controller", holder.get("host")) == socket.gethostname() or not INCIDENT_ID.match(incident):
+        return ""
+    return (f"; if that run is gone (its controller died or its job was cancelled), run again with "
+            f"--break-lock {holder['incident']} (ansible-playbook: -e mayday_break_lock={holder['incident']})")
 
 
 def describe(holder: dict[str, Any]) -> str:
@@ -101,7 +120,7 @@ def break_stale(path: str, judged: dict[str, Any]) -> bool:
     return True
 
 
-def acquire(inventory_sources: list[str], who: dict[str, Any]) -> dict[str, Any]:
+def acquire(inventory_sources: list[str], who: dict[str, Any], break_lock: str | None = None) -> dict[str, Any]:
     """Returns {acquired, holder, stale_replaced}."""
     path = lock_path(inventory_sources)
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -120,7 +139,7 @@ def acquire(inventory_sources: list[str], who: dict[str, Any]) -> dict[str, Any]
                 continue  # released meanwhile
             if holder.get("pid") == record["pid"] and holder.get("controller") == record["controller"]:
                 return {"acquired": True, "holder": holder, "stale_replaced": None}
-            if is_stale(holder):
+            if may_break(holder, break_lock):
                 if break_stale(path, holder):
                     stale = holder
                 continue
@@ -131,10 +150,10 @@ def acquire(inventory_sources: list[str], who: dict[str, Any]) -> dict[str, Any]
     return {"acquired": False, "holder": _read(path) or {}, "stale_replaced": stale}
 
 
-def holder(inventory_sources: list[str]) -> dict[str, Any] | None:
-    """Who holds the lock, without taking it (dry runs); None when free or stale."""
+def holder(inventory_sources: list[str], break_lock: str | None = None) -> dict[str, Any] | None:
+    """Who holds the lock, without taking it (dry runs); None when free, stale or to be broken."""
     found = _read(lock_path(inventory_sources))
-    return None if found is None or is_stale(found) else found
+    return None if found is None or may_break(found, break_lock) else found
 
 
 def release(inventory_sources: list[str], pid: int) -> bool:
@@ -213,21 +232,22 @@ def _holder_of(lines: list[str]) -> tuple[dict[str, Any], str]:
 
 
 def judge_host_lock(lines: list[str], owner_doc: dict[str, Any], dry: bool,
-                    run: Callable[[str], list[str]]) -> dict[str, Any]:
-    """Reads what the lock script printed; breaks a stale lock of this controller and takes it."""
+                    run: Callable[[str], list[str]], break_lock: str | None = None) -> dict[str, Any]:
+    """Reads what the lock script printed; breaks a stale lock of this controller, or the one held by
+    the incident named in --break-lock, and takes it."""
     result: dict[str, Any] = {}
     for _attempt in range(2):
         if dry or not lines or lines[0] != "held":
             break
         holder_doc, raw = _holder_of(lines)
-        if not (holder_doc and is_stale(holder_doc)):
+        if not (holder_doc and may_break(holder_doc, break_lock)):
             break
         run(shell_env({"MAYDAY_JUDGED": raw}) + BREAK_SCRIPT)
         result["stale_replaced"] = holder_doc
         lines = run(host_lock_script(owner_doc, dry=False))
     found = lines[0] if lines else "?"
     holder_doc = _holder_of(lines)[0] if found == "held" else {}
-    if found == "held" and dry and holder_doc and is_stale(holder_doc):
+    if found == "held" and dry and holder_doc and may_break(holder_doc, break_lock):
         found = "free"  # a real run would break it
     result.update(lock=found, holder=holder_doc)
     if found in ("held", "symlink"):

@@ -180,6 +180,17 @@ def lease_id(value: Any) -> str:
     return text
 
 
+INCIDENT_ID = re.compile(r"^INC-\d{8}-\d{6}(-\d{1,2})?$")
+
+
+def incident_id(value: Any) -> str:
+    text = str(value or "").strip()
+    if not INCIDENT_ID.match(text):
+        raise BadValue(f"{text!r} is not an incident id; valid: INC-YYYYMMDD-HHMMSS, as a lock refusal or "
+                       "`mayday status` names it")
+    return text
+
+
 REASON_MAX = 500
 
 

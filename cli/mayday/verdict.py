@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from mayday.locks import HOST_LOCK_DIR
+from mayday import locks
 
 PRODUCTION_UP = "production is up"
 
@@ -100,9 +100,10 @@ def reachability(probes: dict[str, Any]) -> Preflight:
             if isinstance(p, dict) and p.get("lock") in ("held", "symlink") and not p.get("failed")]
     if held:
         # At 3 a.m. the holder may be a controller that died: say how to get past it, not only who.
-        refusals.append("another run holds hosts of this run: " + "; ".join(held) + "; wait for it to finish, "
-                        f"or, if that run is gone (its controller died), remove {HOST_LOCK_DIR} on those hosts "
-                        "(`mayday status` shows every holder)")
+        hints = sorted({locks.break_hint(p.get("holder") or {}) for p in probes.values()
+                        if isinstance(p, dict) and p.get("lock") == "held"} - {""})
+        refusals.append("another run holds hosts of this run: " + "; ".join(held) + "; wait for it to finish"
+                        + ("".join(hints) if hints else " (`mayday status` shows every holder)"))
     return Preflight(refusals)
 
 

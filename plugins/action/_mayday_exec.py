@@ -8,7 +8,7 @@ import os
 import _mayday_path  # noqa: F401
 from ansible.errors import AnsibleActionFail
 
-from mayday import locks
+from mayday import locks, rules
 
 RUNNER = "/bin/sh -c 'eval \"$(cat)\"'"
 
@@ -18,6 +18,13 @@ def run_on_host(action, script: str) -> list[str]:
     if out.get("rc") != 0:
         raise AnsibleActionFail(f"on the host: {(out.get('stderr') or out.get('stdout') or '').strip()[:300]}")
     return (out.get("stdout") or "").strip().splitlines()
+
+
+def break_lock_of(task_vars: dict) -> str | None:
+    """The incident whose locks the operator said may be broken (-e mayday_break_lock, --break-lock);
+    the scenario's open stage has refused anything that is not an incident id."""
+    value = str(task_vars.get("mayday_break_lock") or "").strip()
+    return value if rules.INCIDENT_ID.match(value) else None
 
 
 def run_owner(incident: str, task_vars: dict) -> dict:

@@ -12,7 +12,7 @@ from ansible.plugins.action import ActionBase
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _mayday_path  # noqa: F401
-from _mayday_exec import run_on_host, run_owner
+from _mayday_exec import break_lock_of, run_on_host, run_owner
 
 from mayday import locks
 
@@ -36,6 +36,6 @@ class ActionModule(ActionBase):
             return dict(result, changed=False, lock=released, msg=f"host lock {released}")
         dry = state == "query" or bool(self._task.check_mode)
         found = locks.judge_host_lock(run_on_host(self, locks.host_lock_script(mine, dry)), mine, dry,
-                                      lambda script: run_on_host(self, script))
+                                      lambda script: run_on_host(self, script), break_lock_of(task_vars or {}))
         result.update(changed=False, msg=found.get("lock_msg", f"host lock {found['lock']}"), **found)
         return result

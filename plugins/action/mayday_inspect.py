@@ -17,7 +17,7 @@ sys.path.insert(1, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import _mayday_path  # noqa: F401
 import mayday_http
 import mayday_release
-from _mayday_exec import run_on_host, run_owner
+from _mayday_exec import break_lock_of, run_on_host, run_owner
 
 from mayday import locks
 from mayday.records import utc_now
@@ -149,7 +149,7 @@ class ActionModule(ActionBase):
         if incident:
             lock_lines, _, stdout = stdout.partition(LOCK_END + "\n")
             result.update(locks.judge_host_lock(lock_lines.strip().splitlines(), owner, dry,
-                                                lambda more: run_on_host(self, more)))
+                                                lambda more: run_on_host(self, more), break_lock_of(task_vars or {})))
         seen = parse(stdout, release, health, checked_at)
         if release:
             result["release"] = judge(seen["state"], release)

@@ -84,6 +84,13 @@ class ActionModule(ActionBase):
             "params": params,
             **({"alert": alert} if alert else {}),
         })
+        # --break-lock INC-...: the operator says that run is gone; only its locks may be broken.
+        break_lock = self._templar.template(task_vars.get("mayday_break_lock")) or None
+        if break_lock:
+            try:
+                break_lock = rules.incident_id(break_lock)
+            except rules.BadValue as exc:
+                problems = [*problems, f"break_lock: {exc}"]
         refusals = [f"bad input: {p}" for p in problems]
         environment = self._templar.template(task_vars.get("mayday_environment", "unknown"))
         confirmed = rules.flag(self._templar.template(task_vars.get("mayday_confirmed", False)) or False)
@@ -95,18 +102,19 @@ class ActionModule(ActionBase):
                                 "host_state": "present" if scenario.takes_lock and not check_mode else "query"}
         if not refusals:
             if check_mode or not scenario.takes_lock:
-                holder = locks.holder(sources)
+                holder = locks.holder(sources, break_lock)
                 lock.update(free=holder is None, holder=holder)
                 if holder and not check_mode:
                     refusals.append(f"an emergency run holds the lock for this inventory: {locks.describe(holder)}; "
-                                    f"{scenario.name} waits for it to finish")
+                                    f"{scenario.name} waits for it to finish{locks.break_hint(holder)}")
             else:
                 got = locks.acquire(sources, locks.owner(incident_id, os.environ.get("MAYDAY_RUN_ID"),
-                                                         ", ".join(sources)))
+                                                         ", ".join(sources)), break_lock)
                 lock.update(taken=got["acquired"], holder=got["holder"], stale_replaced=got["stale_replaced"])
                 if not got["acquired"]:
                     refusals.append(f"another run holds the lock for this inventory: {locks.describe(got['holder'])} "
-                                    f"({locks.lock_path(sources)}); wait for it to finish")
+                                    f"({locks.lock_path(sources)}); wait for it to finish"
+                                    f"{locks.break_hint(got['holder'])}")
         msg = f"opened {incident_id}" + (f"; refused: {'; '.join(refusals)}" if refusals else "")
         return {"mayday_incident": {"id": incident_id, "dir": incident_dir}, "incident_id": incident_id,
                 "incident_dir": incident_dir, "params": params, "refusals": refusals, "go": not refusals,

@@ -331,6 +331,44 @@ def test_host_lock_of_another_controller_refuses_and_a_stale_own_lock_is_broken(
     assert_no_lock_left(mayday)
 
 
+def test_break_lock_breaks_only_the_named_dead_run_of_another_controller(mayday: Mayday) -> None:
+    """An AWX job cancelled, a laptop that died: its host locks stand, and every emergency run after it
+    is refused. The refusal names --break-lock with the incident; only that incident's locks go, and
+    never those of a run alive on this controller."""
+    gone = {"incident": "INC-20261125-080000", "run_id": None, "operator": "alice", "controller": "awx-job-7f",
+            "pid": 4242, "pid_start": "12345", "inventory": "elsewhere", "since": "2026-11-25T08:00:00Z"}
+    alive = dict(gone, incident="INC-20261125-090000", controller=socket.gethostname(), pid=os.getpid(),
+                 pid_start=locks.process_start(os.getpid()))
+    try:
+        planted = {h: plant_host_lock(h, gone) for h in ("web2", DB_HOST)}
+        before = snapshot()
+        refused = mayday.run("level1")
+        assert refused.returncode == 2, output(refused)
+        assert "--break-lock INC-20261125-080000" in flat(refused.stderr), output(refused)
+        for args in (["--break-lock", "INC-20261125-080001"],  # another incident: not this lock
+                     ["--break-lock", "INC-20261125-080000", "--check"],  # a dry run breaks nothing
+                     ["--break-lock", "nope"]):  # not an incident id
+            result = mayday.run("level1", *args)
+            assert result.returncode == (0 if "--check" in args else 2), output(result)
+            assert snapshot() == before, f"level1 {' '.join(args)} changed a host"
+            assert {h: host_lock(h) for h in planted} == {h: json.loads(v) for h, v in planted.items()}, args
+        assert "valid: INC-YYYYMMDD-HHMMSS" in flat(result.stderr), output(result)
+
+        plant_host_lock("web1", alive)  # a run alive on this controller: named or not, it stands
+        result = mayday.run("level1", "--break-lock", alive["incident"])
+        assert result.returncode == 2, output(result)
+        assert snapshot() == before and host_lock("web1") == alive, "a live run's lock was broken"
+        clear_host_locks(("web1",))
+
+        result = mayday.run("level1", "--break-lock", "INC-20261125-080000")
+        assert result.returncode == 0, output(result)
+        assert mayday.last_report()["outcome"] == "RECOVERED", mayday.last_report()
+        assert_serves("v1")
+        assert_no_lock_left(mayday)
+    finally:
+        clear_host_locks()
+
+
 
 # --- h. a routine backup never holds up an emergency -----------------------------------------
 

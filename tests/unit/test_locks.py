@@ -107,3 +107,26 @@ def test_a_symlink_at_the_lock_path_is_not_followed(state: Path, tmp_path: Path)
     os.symlink(target, locks.lock_path(inv))
     assert locks.holder(inv) == {} or locks.holder(inv) is None
     assert target.read_text() == "keep"
+
+
+def test_break_lock_breaks_only_the_named_incident_of_another_controller():
+    other = {"incident": "INC-20261125-080000", "controller": "awx-job-7f", "pid": 4242, "pid_start": "1"}
+    me = os.getpid()
+    alive = dict(other, controller=socket.gethostname(), pid=me, pid_start=locks.process_start(me))
+    assert not locks.may_break(other)  # another controller's run: this one cannot tell it is gone
+    assert not locks.may_break(other, "INC-20261125-080001")
+    assert locks.may_break(other, "INC-20261125-080000")
+    assert not locks.may_break(alive, "INC-20261125-080000")  # alive here: never, named or not
+    assert "--break-lock INC-20261125-080000" in locks.break_hint(other)
+    assert locks.break_hint(alive) == ""
+    assert locks.break_hint(dict(other, incident="not-an-id")) == ""
+
+
+def test_incident_id_rule_names_the_valid_form():
+    from mayday import rules
+
+    assert rules.incident_id(" INC-20261125-080000 ") == "INC-20261125-080000"
+    assert rules.incident_id("INC-20261125-080000-2") == "INC-20261125-080000-2"
+    for bad in ("nope", "INC-2026-08", "INC-20261125-080000;rm", ""):
+        with pytest.raises(rules.BadValue, match="INC-YYYYMMDD-HHMMSS"):
+            rules.incident_id(bad)

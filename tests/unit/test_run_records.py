@@ -1,4 +1,4 @@
-"""Run records: a run whose process is gone is not shown as running; exit codes of runs that hand over or were abandoned."""
+"""Run records: a dead run is not shown as running; exit codes of runs that hand over or were abandoned."""
 
 from __future__ import annotations
 
