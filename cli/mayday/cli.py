@@ -224,7 +224,7 @@ def backups(inventory_name: str | None, limit: str | None, as_json: bool) -> Non
     path = inv.resolve(inventory_name)
     if limit:
         inv.load(path).check_limit(limit)
-    result = run_playbook("db-backups.yml", path, {}, limit=limit)
+    result = run_playbook("db-backups.yml", path, {}, limit=limit, read_only=True)
     hosts = {r["host"]: r.get("report") or {} for r in result.results if "backups" in r}
     if as_json:
         click.echo(json.dumps({host: {key: report.get(key, []) for key in
@@ -272,7 +272,7 @@ def status(inventory_name: str | None, local: bool, as_json: bool) -> None:
     doc: dict[str, Any] = {"runs": in_progress(), "controller_locks": locks.held_locally(), "host_locks": {}}
     if not local:
         path = inv.resolve(inventory_name)
-        result = run_playbook("status.yml", path, {})
+        result = run_playbook("status.yml", path, {}, read_only=True)
         doc["host_locks"] = {r["host"]: {"lock": r.get("lock"), "holder": r.get("holder") or {}}
                              for r in result.results if r.get("lock")}
         doc["leases"] = {r["host"]: r["leases"] for r in result.results if r.get("leases")}
@@ -310,7 +310,7 @@ def status(inventory_name: str | None, local: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def lockdown_status(inventory_name: str | None, as_json: bool) -> None:
     """The lockdown each host is under: incident, steps, confirmed or until when (read-only)."""
-    result = run_playbook("status.yml", inv.resolve(inventory_name), {})
+    result = run_playbook("status.yml", inv.resolve(inventory_name), {}, read_only=True)
     found = {r["host"]: r["lockdown"] for r in result.results if "lockdown" in r and "leases" not in r}
     leases = {r["host"]: r["leases"] for r in result.results if r.get("leases")}
     if as_json:

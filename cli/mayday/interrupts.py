@@ -7,6 +7,7 @@
   built to survive that (the host-side units, leases and restore phases finish or undo their own
   step); the CLI closes the incident record ABANDONED, and the locks left behind are stale and
   replaced by the next run.
+- A read-only run (`mayday status`, `mayday backups`) ends at the first interrupt.
 - SIGHUP (the terminal or the SSH session to the bastion went away): ignored. The run finishes and
   leaves its record; what it would have printed to the lost terminal is dropped.
 
@@ -42,8 +43,9 @@ class RunSignals:
     """Installed around one playbook run, in the main thread only (a thread, as in `mayday serve`,
     leaves the process's signals to its owner)."""
 
-    def __init__(self, run_id: str) -> None:
+    def __init__(self, run_id: str, read_only: bool = False) -> None:
         self.run_id = run_id
+        self.read_only = read_only  # `mayday status`, `backups`: nothing to finish, the first interrupt ends it
         self.count = 0
         self.hung_up = False
         self.changing = False  # the pre-flight verdict said go: hosts may be changing
@@ -64,6 +66,10 @@ class RunSignals:
         name = signal.Signals(signum).name
         if signum == signal.SIGHUP:
             self.hung_up = True
+            return
+        if self.read_only:
+            self.count = 2  # nothing to finish: abandon at once
+            say(f"{name}: stopped (a read-only run: nothing to finish).")
             return
         self.count += 1
         if self.count == 1:

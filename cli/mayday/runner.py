@@ -123,6 +123,7 @@ def run_playbook(
     check: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
     phases: list[str] | None = None,
+    read_only: bool = False,
 ) -> RunResult:
     import ansible_runner  # slow import: only when a run starts
 
@@ -137,7 +138,7 @@ def run_playbook(
     results: list[dict[str, Any]] = []
 
     scrubbed = False
-    signals = RunSignals(run_id)
+    signals = RunSignals(run_id, read_only)
     show = on_progress
 
     def handle(event: dict[str, Any]) -> bool:
@@ -205,7 +206,7 @@ def run_playbook(
         shutil.rmtree(private, ignore_errors=True)
         scrub_command_artifact(runs / run_id / "command")
     duration = time.monotonic() - started
-    if signals.should_abandon():
+    if signals.should_abandon() and not read_only:
         close_abandoned(run_id, progress, duration)
     record_path = runs / run_id / "mayday-run.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
