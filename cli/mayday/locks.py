@@ -253,4 +253,6 @@ def judge_host_lock(lines: list[str], owner_doc: dict[str, Any], dry: bool,
     if found in ("held", "symlink"):
         result["lock_msg"] = (f"locked by {describe(holder_doc)}" if holder_doc
                               else f"{HOST_LOCK_DIR} exists but is not a mayday lock ({found}); remove it by hand")
+    elif found == "taken" and result.get("stale_replaced"):  # the record says whose lock went
+        result["lock_msg"] = f"host lock taken, replacing that of {describe(result['stale_replaced'])}"
     return result

@@ -170,25 +170,25 @@ def db_mode_state(value: Any) -> str:
 
 
 LEASE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-
-
-def lease_id(value: Any) -> str:
-    text = str(value or "").strip()
-    if not LEASE_ID.match(text):
-        raise BadValue(f"lease {text!r} is not a lease id; valid: an id listed by `mayday status` "
-                       "(lower-case letters, digits, '-')")
-    return text
-
-
 INCIDENT_ID = re.compile(r"^INC-\d{8}-\d{6}(-\d{1,2})?$")
 
 
-def incident_id(value: Any) -> str:
+def _id_matching(value: Any, pattern: re.Pattern[str], problem: str) -> str:
+    """The stripped text when it matches; else BadValue with `problem` ({!r} is the text)."""
     text = str(value or "").strip()
-    if not INCIDENT_ID.match(text):
-        raise BadValue(f"{text!r} is not an incident id; valid: INC-YYYYMMDD-HHMMSS, as a lock refusal or "
-                       "`mayday status` names it")
+    if not pattern.match(text):
+        raise BadValue(problem.format(text))
     return text
+
+
+def lease_id(value: Any) -> str:
+    return _id_matching(value, LEASE_ID, "lease {!r} is not a lease id; valid: an id listed by `mayday status` "
+                                         "(lower-case letters, digits, '-')")
+
+
+def incident_id(value: Any) -> str:
+    return _id_matching(value, INCIDENT_ID, "{!r} is not an incident id; valid: INC-YYYYMMDD-HHMMSS, as a lock "
+                                            "refusal or `mayday status` names it")
 
 
 REASON_MAX = 500

@@ -130,3 +130,23 @@ def test_incident_id_rule_names_the_valid_form():
     for bad in ("nope", "INC-2026-08", "INC-20261125-080000;rm", ""):
         with pytest.raises(rules.BadValue, match="INC-YYYYMMDD-HHMMSS"):
             rules.incident_id(bad)
+
+
+def test_judge_host_lock_breaks_the_named_lock_and_says_whose_it_was():
+    gone = {"incident": "INC-20261125-080000", "controller": "awx-job-7f", "pid": 4242, "pid_start": "1"}
+    mine = {"incident": "INC-20261126-000000", "controller": socket.gethostname(), "pid": os.getpid()}
+    raw = json.dumps(gone, sort_keys=True)
+    scripts: list[str] = []
+
+    def host(script: str) -> list[str]:  # the host's answers: broken, then taken
+        scripts.append(script)
+        return ["broken"] if "MAYDAY_JUDGED" in script else ["taken"]
+
+    held = locks.judge_host_lock(["held", raw], mine, False, host)
+    assert held["lock"] == "held" and not scripts and "awx-job-7f" in held["lock_msg"]
+    taken = locks.judge_host_lock(["held", raw], mine, False, host, "INC-20261125-080000")
+    assert taken["lock"] == "taken" and taken["stale_replaced"] == gone
+    assert "replacing that of incident INC-20261125-080000" in taken["lock_msg"]
+    assert any(raw in s for s in scripts), "the break must compare against the owner record it judged"
+    dry = locks.judge_host_lock(["held", raw], mine, True, host, "INC-20261125-080000")
+    assert dry["lock"] == "free" and len(scripts) == 2, "a dry run breaks nothing"
