@@ -102,6 +102,11 @@ def _steps(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         step = {k: e.get(k) for k in ("started", "duration_s", "host", "phase", "step", "result", "detail")}
         if not step["detail"] and e.get("health") and not e.get("steps"):
             step["detail"] = "; ".join(_short(h) for h in e["health"])
+        gone = e.get("stale_replaced")
+        if isinstance(gone, dict) and gone:  # a dead run's lock (stale, or --break-lock): whose it was
+            replaced = (f"host lock taken, replacing that of incident {gone.get('incident')} by "
+                        f"{gone.get('operator', '?')} on {gone.get('controller', '?')} (pid {gone.get('pid')})")
+            step["detail"] = f"{step['detail']}; {replaced}" if step["detail"] else replaced
         steps.append(step)
         for sub in e.get("steps") or []:
             steps.append({"started": sub.get("started"), "duration_s": sub.get("duration_s"), "host": e.get("host"),

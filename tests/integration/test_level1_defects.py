@@ -362,7 +362,11 @@ def test_break_lock_breaks_only_the_named_dead_run_of_another_controller(mayday:
 
         result = mayday.run("level1", "--break-lock", "INC-20261125-080000")
         assert result.returncode == 0, output(result)
-        assert mayday.last_report()["outcome"] == "RECOVERED", mayday.last_report()
+        report = mayday.last_report()
+        assert report["outcome"] == "RECOVERED", report
+        named = {s["host"] for s in report["steps"] if "replacing that of incident INC-20261125-080000"
+                 in (s.get("detail") or "")}
+        assert named == set(planted), f"the record should name the broken locks: {report['steps']}"
         assert_serves("v1")
         assert_no_lock_left(mayday)
     finally:

@@ -181,3 +181,16 @@ def test_incident_of_run_finds_the_first_incident_the_run_opened(state):
     _, handed = records.open_incident({"run_id": "run-a", "scenario": "level1"})
     assert handed != first
     assert records.incident_of_run("run-a") == first
+
+
+def test_report_names_the_lock_a_run_replaced(state):
+    _, path = records.open_incident({"scenario": "level1"})
+    gone = {"incident": "INC-20261125-080000", "operator": "alice", "controller": "awx-job-7f", "pid": 4242}
+    records.append_event(path, {"started": records.utc_now(), "duration_s": 0.1, "host": "db1",
+                                "phase": "Pre-flight", "step": "inspect", "result": "ok", "stale_replaced": gone})
+    records.append_event(path, {"started": records.utc_now(), "duration_s": 0.1, "host": "web1",
+                                "phase": "Pre-flight", "step": "inspect", "result": "ok", "stale_replaced": None})
+    report = records.close_incident(path, "RECOVERED", "done", {})
+    details = {s["host"]: s["detail"] for s in report["steps"]}
+    assert "replacing that of incident INC-20261125-080000 by alice on awx-job-7f" in details["db1"]
+    assert not details["web1"]
