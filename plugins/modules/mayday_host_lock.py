@@ -10,7 +10,9 @@ description:
     operator, controller host, pid and process start time of the run holding it. Two controllers
     or two AWX jobs acting on the same host exclude each other.
   - A lock whose owner process is gone on this same controller (pid plus start time) is stale and
-    is broken atomically. Check mode never takes a lock; it reports whether it is free.
+    is broken atomically. So is a lock of another controller held by the incident named in the
+    variable C(mayday_break_lock) (C(mayday --break-lock INC-...)), never one of a run alive on this
+    controller. Check mode never takes or breaks a lock; it reports whether it is free.
   - Runs as an action plugin over a POSIX shell; no Python is needed on the host.
 options:
   state:
