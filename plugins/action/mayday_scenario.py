@@ -3,6 +3,7 @@
 #           production, take the lock (check mode: only report whether it is free);
 #   judge:  read every host's pre-flight probe and decide refusals and NOOP before any change
 #           (an operator's interrupt of the CLI before this point is a refusal);
+#   gate:   a scenario's later safe point (before a restore): stop there if interrupted since;
 #   settle: name the hosts whose lock this run still holds, for the unlock that follows;
 #   finish: judge every host's result, measure downtime, notify, write the report, release the
 #           lock, and fail the run unless it recovered.
@@ -44,10 +45,10 @@ class ActionModule(ActionBase):
         name = args.get("scenario")
         if name not in SCENARIOS:
             raise AnsibleActionFail(f"unknown scenario {name!r}; valid: {', '.join(SCENARIOS)}")
-        stage = {"open": self._open, "judge": self._judge, "settle": self._settle,
+        stage = {"open": self._open, "judge": self._judge, "gate": self._gate, "settle": self._settle,
                  "finish": self._finish}.get(args.get("stage"))
         if stage is None:
-            raise AnsibleActionFail("stage must be one of open, judge, settle, finish")
+            raise AnsibleActionFail("stage must be one of open, judge, gate, settle, finish")
         result.update(stage(SCENARIOS[name], args, task_vars))
         result["changed"] = False  # bookkeeping on the controller, never host state
         return result
@@ -164,6 +165,15 @@ class ActionModule(ActionBase):
         doc = found.as_dict()
         doc["msg"] = "; ".join(found.refusals) or found.reason or "go"
         return doc
+
+    # -- gate ---------------------------------------------------------------------------------
+    def _gate(self, scenario, args, task_vars) -> dict[str, Any]:
+        """A safe point after the verdict: the CLI was interrupted since, so the run stops before its next change."""
+        stop = records.interrupted(os.environ.get("MAYDAY_RUN_ID"))
+        if not stop:
+            return {"stop": False, "msg": "go on"}
+        return {"stop": True, "interrupted": stop, "msg": f"interrupted by the operator ({stop.get('signal')}): "
+                                                          "the run stops here, before its next change"}
 
     # -- settle -------------------------------------------------------------------------------
     def _settle(self, scenario, args, task_vars) -> dict[str, Any]:

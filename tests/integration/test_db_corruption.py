@@ -201,6 +201,44 @@ def test_assess_leaves_read_only_with_the_evidence_then_restore_repairs(clean: M
         assert db.exists(kept) and result["emergency_backup"]["id"] in manifests(db, "emergency")
 
 
+def test_ctrl_c_after_the_verdict_stops_before_the_restore(clean: Mayday) -> None:
+    """The operator asked for --restore, then pressed Ctrl-C during the assessment: the restore, the
+    run's biggest change, does not start; the databases stay read-only under their lease, with the
+    evidence, as without --restore (the findings escalate: a person decides)."""
+    for db in DBS.values():
+        corrupt(db)
+    corrupt_rows = {h: table_rows(DBS[h]) for h in HOSTS}
+    kept_before = {h: kept_databases(DBS[h]) for h in HOSTS}
+    proc = subprocess.Popen([MAYDAY, "db", "corruption", "--restore", "--for", "10m"], cwd=ROOT, env=clean.env(),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    assert proc.stderr is not None
+    seen = []
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if "] Assess" in line:
+                os.killpg(proc.pid, signal.SIGINT)  # as a terminal sends it
+                break
+        seen.append(proc.stderr.read())
+        rc = proc.wait(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert any("] Assess" in line for line in seen), "".join(seen)
+    assert rc == 1, "".join(seen)[-3000:]
+    report = clean.last_report()
+    assert report["outcome"] == "FAILED", report  # corruption found and not repaired
+    assert any("interrupted by the operator (SIGINT)" in (s.get("detail") or "") for s in report["steps"])
+    for host, db in DBS.items():
+        assert table_rows(db) == corrupt_rows[host], f"{host} was restored after the interrupt"
+        assert kept_databases(db) == kept_before[host], f"{host}: a restore swapped databases"
+        assert read_only(host) and app_write(host) == READ_ONLY_CODE[host], f"{host} is not read-only"
+        assert leases(host)["records"], f"{host}: no lease holds read-only"
+        assert report["results"][host]["restore"] is None and report["results"][host]["findings"]
+
+
 def test_killed_controller_leaves_the_lease_to_the_host(clean: Mayday, tmp_path: Path) -> None:
     proc = start_playbook("data-corruption.yml", clean.env(), *lab_inventory_args(), "-e", "for=8s",
                           "-e", "mayday_lease_min=1s", log=tmp_path / "run.log")
