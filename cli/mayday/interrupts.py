@@ -2,8 +2,9 @@
 
 - Ctrl-C or SIGTERM, the first time: the run is marked interrupted. Before the pre-flight verdict it
   stops there (REFUSED, nothing on any host changed); once hosts are changing it stops at the
-  scenario's next safe point (roles/scenario `gate`: before a data-corruption restore) or finishes
-  (verify, report, notify, unlock) rather than leave them half-done.
+  scenario's next safe point (roles/scenario `gate`: before a data-corruption restore, before a
+  lockdown's containment) or finishes (verify, report, notify, unlock) rather than leave them
+  half-done.
 - The second time: the run is abandoned now, as a dead controller would leave it. Every scenario is
   built to survive that (the host-side units, leases and restore phases finish or undo their own
   step); the CLI closes the incident record ABANDONED, and the locks left behind are stale and
@@ -29,9 +30,9 @@ from mayday import records
 FIRST_BEFORE_CHANGES = ("{sig}: stopping before the first change (the pre-flight refuses; nothing on any host "
                         "changes). Ctrl-C again abandons the run now.")
 FIRST_WHILE_CHANGING = ("{sig}: hosts are already changing, so mayday does not stop mid-step: it stops at the "
-                        "scenario's next safe point (before a restore) or finishes the run (verify, report, notify, "
-                        "unlock). Ctrl-C again abandons it now: each host finishes or undoes its own step, but "
-                        "nothing is verified, reported or sent.")
+                        "scenario's next safe point (before a restore, before containment) or finishes the run "
+                        "(verify, report, notify, unlock). Ctrl-C again abandons it now: each host finishes or "
+                        "undoes its own step, but nothing is verified, reported or sent.")
 SECOND = "{sig} again: abandoning the run now, as if this controller had died."
 
 
