@@ -206,7 +206,7 @@ def run_playbook(
         shutil.rmtree(private, ignore_errors=True)
         scrub_command_artifact(runs / run_id / "command")
     duration = time.monotonic() - started
-    if signals.should_abandon() and not read_only:
+    if str(result.status) == "canceled" and not read_only:  # cut by a second interrupt, not ended by itself
         close_abandoned(run_id, progress, duration)
     record_path = runs / run_id / "mayday-run.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}

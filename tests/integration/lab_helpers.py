@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -159,6 +160,33 @@ class Mayday:
         if not path.exists():
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def interrupted_cli(mayday: Mayday, args: list[str], seen: str, signals: int = 1,
+                    timeout: float = 240) -> tuple[int, str]:
+    """Runs `mayday ARGS` in its own process group and, once its stderr shows `seen`, sends SIGINT
+    `signals` times to that group, as a terminal's Ctrl-C does. Returns the exit code and stderr."""
+    proc = subprocess.Popen([MAYDAY, *args], cwd=ROOT, env=mayday.env(), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stderr is not None
+    lines = []
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            if seen in line:
+                for _ in range(signals):
+                    os.killpg(proc.pid, signal.SIGINT)
+                    time.sleep(0.05)
+                break
+        lines.append(proc.stderr.read())
+        rc = proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = "".join(lines)
+    assert seen in text, f"the run never showed {seen!r}:\n{text}"
+    return rc, text
 
 
 def snapshot(web_hosts: tuple[str, ...] = WEB_HOSTS) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from lab_helpers import (
     LabDb,
     Mayday,
     clear_host_locks,
+    interrupted_cli,
     lab_inventory_args,
     start_playbook,
 )
@@ -209,25 +210,8 @@ def test_ctrl_c_after_the_verdict_stops_before_the_restore(clean: Mayday) -> Non
         corrupt(db)
     corrupt_rows = {h: table_rows(DBS[h]) for h in HOSTS}
     kept_before = {h: kept_databases(DBS[h]) for h in HOSTS}
-    proc = subprocess.Popen([MAYDAY, "db", "corruption", "--restore", "--for", "10m"], cwd=ROOT, env=clean.env(),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    assert proc.stderr is not None
-    seen = []
-    try:
-        for line in proc.stderr:
-            seen.append(line)
-            if "] Assess" in line:
-                os.killpg(proc.pid, signal.SIGINT)  # as a terminal sends it
-                break
-        seen.append(proc.stderr.read())
-        rc = proc.wait(timeout=240)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert any("] Assess" in line for line in seen), "".join(seen)
-    assert rc == 1, "".join(seen)[-3000:]
+    rc, text = interrupted_cli(clean, ["db", "corruption", "--restore", "--for", "10m"], "] Assess")
+    assert rc == 1, text[-3000:]
     report = clean.last_report()
     assert report["outcome"] == "FAILED", report  # corruption found and not repaired
     assert any("interrupted by the operator (SIGINT)" in (s.get("detail") or "") for s in report["steps"])

@@ -18,34 +18,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lab_helpers import APP, LAB_HOSTS, MAYDAY, ROOT, WEB_HOSTS, Mayday, dexec, health, host_lock, snapshot
+from lab_helpers import (
+    APP,
+    LAB_HOSTS,
+    MAYDAY,
+    ROOT,
+    WEB_HOSTS,
+    Mayday,
+    dexec,
+    health,
+    host_lock,
+    interrupted_cli,
+    snapshot,
+)
 
 pytestmark = pytest.mark.usefixtures("broken_lab")
-
-
-def interrupted_run(mayday: Mayday, seen: str, signals: int) -> tuple[int, str]:
-    """Starts `mayday level1`, sends SIGINT `signals` times once stderr shows `seen`; exit code and stderr."""
-    proc = subprocess.Popen([MAYDAY, "level1"], cwd=ROOT, env=mayday.env(), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    assert proc.stderr is not None
-    lines = []
-    try:
-        for line in proc.stderr:
-            lines.append(line)
-            if seen in line:
-                for _ in range(signals):
-                    os.killpg(proc.pid, signal.SIGINT)
-                    time.sleep(0.05)
-                break
-        lines.append(proc.stderr.read())
-        rc = proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    text = "".join(lines)
-    assert seen in text, f"the run never showed {seen!r}:\n{text}"
-    return rc, text
 
 
 def run_records(mayday: Mayday) -> list[dict[str, Any]]:
@@ -65,7 +52,7 @@ def serves() -> dict[str, str]:
 
 def test_ctrl_c_before_the_verdict_refuses_and_touches_no_host(mayday: Mayday) -> None:
     before = snapshot()
-    rc, text = interrupted_run(mayday, "] Open", 1)
+    rc, text = interrupted_cli(mayday, ["level1"], "] Open")
     assert rc == 2, text
     report = mayday.last_report()
     assert report["outcome"] == "REFUSED", report
@@ -81,7 +68,7 @@ def test_ctrl_c_before_the_verdict_refuses_and_touches_no_host(mayday: Mayday) -
 
 
 def test_ctrl_c_once_hosts_are_changing_finishes_the_run(mayday: Mayday) -> None:
-    rc, text = interrupted_run(mayday, "] Rollback", 1)
+    rc, text = interrupted_cli(mayday, ["level1"], "] Rollback")
     assert rc == 0, text
     assert mayday.last_report()["outcome"] == "RECOVERED"
     assert serves() == {h: "v1 healthy" for h in WEB_HOSTS}
@@ -93,7 +80,7 @@ def test_ctrl_c_once_hosts_are_changing_finishes_the_run(mayday: Mayday) -> None
 
 
 def test_second_ctrl_c_abandons_with_a_record_and_the_next_run_converges(mayday: Mayday) -> None:
-    rc, text = interrupted_run(mayday, "] Rollback", 2)
+    rc, text = interrupted_cli(mayday, ["level1"], "] Rollback", signals=2)
     assert rc == 1, text  # hosts may have changed: never the "nothing changed" exit 2
     report = mayday.last_report()
     assert report["outcome"] == "ABANDONED", report

@@ -11,9 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import stat
-import subprocess
 import tarfile
 import time
 import urllib.error
@@ -22,7 +20,7 @@ from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from lab_helpers import APP, MAYDAY, ROOT, Mayday, dexec, lab_address
+from lab_helpers import APP, Mayday, dexec, interrupted_cli, lab_address
 from test_db_emergencies import (
     DB1,
     LEASES,
@@ -175,25 +173,8 @@ def test_ctrl_c_during_the_evidence_stops_before_containment(calm: Mayday) -> No
     """The verdict said go, the evidence is being captured, the operator presses Ctrl-C: no step is
     taken on any host (REFUSED, exit 2), the evidence is kept in the incident."""
     before = state()
-    proc = subprocess.Popen([MAYDAY, "lockdown", "--rate-limit", "--for", "10m"], cwd=ROOT, env=calm.env(),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    assert proc.stderr is not None
-    seen = []
-    try:
-        for line in proc.stderr:
-            seen.append(line)
-            if "] Evidence" in line:
-                os.killpg(proc.pid, signal.SIGINT)  # as a terminal sends it
-                break
-        seen.append(proc.stderr.read())
-        rc = proc.wait(timeout=240)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert any("] Evidence" in line for line in seen), "".join(seen)
-    assert rc == 2, "".join(seen)[-3000:]
+    rc, text = interrupted_cli(calm, ["lockdown", "--rate-limit", "--for", "10m"], "] Evidence")
+    assert rc == 2, text[-3000:]
     report = calm.last_report()
     assert report["outcome"] == "REFUSED", report
     assert state() == before, "a step was taken after the interrupt"
