@@ -48,11 +48,21 @@ def owner(incident: str, run_id: str | None = None, inventory: str = "") -> dict
 
 def is_stale(holder: dict[str, Any]) -> bool:
     """Only this controller can tell whether its own process is gone; another's lock stands."""
-    if holder.get("controller", holder.get("host")) != socket.gethostname():
+    if not held_here(holder):
         return False
     pid = int(holder.get("pid") or 0)
     started = process_start(pid) if pid > 0 else None
     return started is None or (holder.get("pid_start") is not None and started != str(holder["pid_start"]))
+
+
+def held_here(holder: dict[str, Any]) -> bool:
+    """The holder is a process of this controller, which alone can tell whether it is still alive."""
+    return holder.get("controller", holder.get("host")) == socket.gethostname()
+
+
+def replaced_text(holder: dict[str, Any]) -> str:
+    """What the record says of a lock a run broke (stale, or --break-lock)."""
+    return f"host lock taken, replacing that of {describe(holder)}"
 
 
 def may_break(holder: dict[str, Any], break_lock: str | None = None) -> bool:
@@ -60,14 +70,13 @@ def may_break(holder: dict[str, Any], break_lock: str | None = None) -> bool:
     process this one cannot see. A run alive on this controller is never broken."""
     if is_stale(holder):
         return True
-    return bool(break_lock) and holder.get("incident") == break_lock and (
-        holder.get("controller", holder.get("host")) != socket.gethostname())
+    return bool(break_lock) and holder.get("incident") == break_lock and not held_here(holder)
 
 
 def break_hint(holder: dict[str, Any]) -> str:
     """How to get past a holder this controller cannot judge, named in every refusal for it."""
     incident = str(holder.get("incident") or "")
-    if holder.get("controller", holder.get("host")) == socket.gethostname() or not INCIDENT_ID.match(incident):
+    if held_here(holder) or not INCIDENT_ID.match(incident):
         return ""
     return (f"; if that run is gone (its controller died or its job was cancelled), run again with "
             f"--break-lock {holder['incident']} (ansible-playbook: -e mayday_break_lock={holder['incident']})")
@@ -254,5 +263,5 @@ def judge_host_lock(lines: list[str], owner_doc: dict[str, Any], dry: bool,
         result["lock_msg"] = (f"locked by {describe(holder_doc)}" if holder_doc
                               else f"{HOST_LOCK_DIR} exists but is not a mayday lock ({found}); remove it by hand")
     elif found == "taken" and result.get("stale_replaced"):  # the record says whose lock went
-        result["lock_msg"] = f"host lock taken, replacing that of {describe(result['stale_replaced'])}"
+        result["lock_msg"] = replaced_text(result["stale_replaced"])
     return result

@@ -11,7 +11,7 @@ import os
 import time
 from typing import Any
 
-from mayday import jsonfile, timing
+from mayday import jsonfile, locks, timing
 from mayday.paths import state_dir as _state_path
 
 
@@ -104,9 +104,9 @@ def _steps(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
             step["detail"] = "; ".join(_short(h) for h in e["health"])
         gone = e.get("stale_replaced")
         if isinstance(gone, dict) and gone:  # a dead run's lock (stale, or --break-lock): whose it was
-            replaced = (f"host lock taken, replacing that of incident {gone.get('incident')} by "
-                        f"{gone.get('operator', '?')} on {gone.get('controller', '?')} (pid {gone.get('pid')})")
-            step["detail"] = f"{step['detail']}; {replaced}" if step["detail"] else replaced
+            replaced = locks.replaced_text(gone)
+            if replaced not in (step["detail"] or ""):  # the host-lock task already says it as its msg
+                step["detail"] = f"{step['detail']}; {replaced}" if step["detail"] else replaced
         steps.append(step)
         for sub in e.get("steps") or []:
             steps.append({"started": sub.get("started"), "duration_s": sub.get("duration_s"), "host": e.get("host"),

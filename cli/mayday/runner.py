@@ -210,8 +210,10 @@ def run_playbook(
         close_abandoned(run_id, progress, duration)
     record_path = runs / run_id / "mayday-run.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
-    # A run killed before its record named the incident it opened: found by its run id.
-    found = None if record.get("incident") else records.incident_of_run(run_id)
+    # A run killed before its record named the incident it opened (its record still says running):
+    # found by its run id. Runs that ended by themselves say it, or opened none.
+    killed = not record.get("incident") and record.get("status", "running") == "running"
+    found = records.incident_of_run(run_id) if killed else None
     incident = record.get("incident") or (os.path.basename(found) if found else None)
     report = report_md = None
     if incident:
